@@ -1,0 +1,1 @@
+//! igw-metrics (being built).

@@ -1,0 +1,1 @@
+//! igw-sched (being built).

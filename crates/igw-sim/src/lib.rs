@@ -1,0 +1,1 @@
+//! igw-sim (being built).

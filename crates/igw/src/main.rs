@@ -1,0 +1,5 @@
+//! The `igw` command line.
+
+fn main() {
+    println!("igw");
+}
