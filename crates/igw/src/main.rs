@@ -1,5 +1,47 @@
-//! The `igw` command line.
+//! The `igw` command line: one binary for the Endpoint Picker, the standalone gateway, the
+//! model-server simulator and the benchmarks.
 
-fn main() {
-    println!("igw");
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+/// igw: an inference gateway for self-hosted LLMs.
+#[derive(Parser, Debug)]
+#[command(name = "igw", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Standalone OpenAI-compatible gateway (built-in reverse proxy around the picker).
+    Serve(cmd::NotBuilt),
+    /// Endpoint Picker for Envoy-based gateways (ext_proc gRPC).
+    Epp(cmd::NotBuilt),
+    /// Body-Based Router ext_proc (sets X-Gateway-Model-Name from the body).
+    Bbr(cmd::NotBuilt),
+    /// Simulated vLLM model servers on loopback.
+    Sim(cmd::sim::SimArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
+    /// Print the CustomResourceDefinitions igw understands.
+    Crds(cmd::NotBuilt),
+    /// Print a complete Kubernetes install.
+    Manifests(cmd::NotBuilt),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    cmd::init_logging();
+    match cli.command {
+        Command::Serve(_) => cmd::not_built("serve", "the standalone gateway"),
+        Command::Epp(_) => cmd::not_built("epp", "the Envoy ext_proc Endpoint Picker"),
+        Command::Bbr(_) => cmd::not_built("bbr", "the Body-Based Router"),
+        Command::Crds(_) => cmd::not_built("crds", "the CRD printer"),
+        Command::Manifests(_) => cmd::not_built("manifests", "the Kubernetes install generator"),
+        Command::Sim(args) => cmd::sim::run(args),
+        Command::Bench(b) => cmd::bench::run(b),
+    }
 }
