@@ -32,9 +32,19 @@ enum Command {
     Manifests(cmd::NotBuilt),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     cmd::init_logging();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(_) => cmd::not_built("serve", "the standalone gateway"),
         Command::Epp(_) => cmd::not_built("epp", "the Envoy ext_proc Endpoint Picker"),
