@@ -1,1 +1,3 @@
 //! igw-sched (being built).
+pub mod flow;
+pub mod prefix;
