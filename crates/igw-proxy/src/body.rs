@@ -22,6 +22,11 @@ pub enum Outcome {
 pub trait ResponseObserver: Send + 'static {
     /// Sees one data chunk and returns the bytes to forward (usually the same chunk).
     fn on_data(&mut self, chunk: Bytes) -> Bytes;
+    /// Called when the upstream body has ended, before [`on_end`](Self::on_end): bytes the
+    /// observer held back (e.g. a partial match of a rewrite pattern) to send as a last frame.
+    fn flush(&mut self) -> Option<Bytes> {
+        None
+    }
     /// Called exactly once when the response ends, however it ends.
     fn on_end(&mut self, outcome: Outcome);
 }
@@ -64,6 +69,10 @@ where
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
+                if let Some(tail) = this.observer.as_mut().and_then(|o| o.flush()).filter(|b| !b.is_empty()) {
+                    this.finish(Outcome::Completed);
+                    return Poll::Ready(Some(Ok(Frame::data(tail))));
+                }
                 this.finish(Outcome::Completed);
                 Poll::Ready(None)
             }
@@ -77,9 +86,6 @@ where
                         Some(o) => o.on_data(data),
                         None => data,
                     };
-                    if this.inner.is_end_stream() {
-                        this.finish(Outcome::Completed);
-                    }
                     Poll::Ready(Some(Ok(Frame::data(data))))
                 }
                 Err(frame) => Poll::Ready(Some(Ok(frame))),
@@ -88,7 +94,9 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        // Only once the observer has been told: hyper drops a body that reports its end, and
+        // the end must be observed as a completion, not as a client going away.
+        self.observer.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

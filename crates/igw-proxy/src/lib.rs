@@ -2,6 +2,7 @@
 //! routes with the same request lifecycle and scheduler as `igw epp`.
 
 pub mod body;
+pub mod gateway;
 pub mod listener;
 pub mod openai_error;
 pub mod upstream;

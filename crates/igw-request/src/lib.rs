@@ -22,6 +22,7 @@ pub mod body;
 pub mod error;
 pub mod headers;
 pub mod parse;
+pub mod picker;
 pub mod request;
 pub mod rewrite;
 pub mod subset;
@@ -31,6 +32,7 @@ pub use body::{BodyBuffer, BodyError, DEFAULT_MAX_BODY_BYTES, MAX_STREAMED_CHUNK
 pub use error::{ErrorCode, RequestError};
 pub use headers::{ControlHeaders, HeaderMutations, format_destination, generate_request_id};
 pub use parse::{ParsedBody, parse_body, parse_request_body};
+pub use picker::{Decision, Picker, RandomPicker};
 pub use request::{
     Draws, NoBodyRequest, Prepared, PreparedRequest, RequestHead, build_request, candidates, pick_random_endpoint,
 };

@@ -1,0 +1,271 @@
+//! The request path of `igw serve`: parse once, pick, forward with fallbacks, stream back.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+use igw_core::time::{Clock, process_clock};
+use igw_core::{Endpoint, Instant};
+use igw_request::{
+    ModelNameRestorer, Picker, Prepared, PreparedRequest, RequestError, RequestHead, ResponseTracker, candidates,
+    headers, pick_random_endpoint,
+};
+
+use crate::body::{ObservedBody, Outcome, ResponseObserver};
+use crate::openai_error::error_response;
+use crate::upstream::{Upstream, UpstreamError};
+
+/// The body of every response the gateway sends.
+pub type ProxyBody = Either<Full<Bytes>, ObservedBody<Incoming>>;
+
+/// Response header naming the replica that served the request.
+pub const SERVED_HEADER: &str = headers::DESTINATION_ENDPOINT_SERVED;
+
+/// Tunables of the request path.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// Largest request body accepted (413 above it).
+    pub max_body_bytes: usize,
+    /// How long to wait for a replica's response head before trying the next candidate.
+    pub response_head_timeout: Duration,
+    /// Candidates tried per request: the primary plus fallbacks (at least 1).
+    pub max_attempts: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            max_body_bytes: igw_request::DEFAULT_MAX_BODY_BYTES,
+            response_head_timeout: Duration::from_secs(300),
+            max_attempts: 3,
+        }
+    }
+}
+
+/// The standalone gateway's request handler, generic over the picker.
+pub struct Gateway<P: Picker> {
+    picker: Arc<P>,
+    upstream: Upstream,
+    config: GatewayConfig,
+}
+
+impl<P: Picker> std::fmt::Debug for Gateway<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+fn now() -> Instant {
+    process_clock().now()
+}
+
+fn err_response(e: &RequestError) -> Response<ProxyBody> {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let resp: Response<Full<Bytes>> = error_response(status, &e.message);
+    resp.map(Either::Left)
+}
+
+/// True for paths whose bodies are parsed and scheduled (the OpenAI inference APIs).
+pub fn is_inference_path(method: &Method, path: &str) -> bool {
+    method == Method::POST
+        && matches!(
+            path.trim_end_matches('/'),
+            "/v1/completions" | "/v1/chat/completions" | "/v1/embeddings" | "/v1/responses" | "/v1/conversations"
+        )
+}
+
+impl<P: Picker> Gateway<P> {
+    /// A gateway routing with `picker`.
+    pub fn new(picker: Arc<P>, config: GatewayConfig) -> Self {
+        Gateway { picker, upstream: Upstream::new(), config }
+    }
+
+    /// The picker.
+    pub fn picker(&self) -> &Arc<P> {
+        &self.picker
+    }
+
+    /// Handles one client request. Never fails: errors become OpenAI-style JSON responses.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, self.config.max_body_bytes).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                let too_big = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
+                let err = if too_big {
+                    RequestError::new(
+                        igw_request::ErrorCode::PayloadTooLarge,
+                        format!("request body exceeds the limit of {} bytes", self.config.max_body_bytes),
+                    )
+                } else {
+                    RequestError::bad_request(format!("failed to read request body: {e}"))
+                };
+                return Ok(err_response(&err));
+            }
+        };
+        let path = parts.uri.path().to_string();
+        if !is_inference_path(&parts.method, &path) {
+            return Ok(self.passthrough(parts, body).await);
+        }
+        let snapshot = self.picker.snapshot();
+        let header_list: Vec<(&str, &str)> =
+            parts.headers.iter().filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v))).collect();
+        let draw = self.picker.draw();
+        let head = RequestHead::new(Some(&path), header_list, u128::from(draw) << 64 | u128::from(self.picker.draw()));
+        let subset = head.subset_from_header();
+        let prepared = match head.prepare(Some(body), &snapshot, draw) {
+            Ok(Prepared::Inference(p)) => *p,
+            Ok(Prepared::NoBody(_)) => return Ok(self.passthrough(parts, Bytes::new()).await),
+            Err(e) => return Ok(err_response(&e)),
+        };
+        let cands = match candidates(&snapshot, subset.as_ref()) {
+            Ok(c) => c,
+            Err(e) => return Ok(err_response(&e)),
+        };
+        let decision = match self.picker.decide(&prepared, &cands, self.config.max_attempts.max(1), now()) {
+            Ok(d) => d,
+            Err(e) => return Ok(err_response(&e)),
+        };
+        drop(cands);
+        let prepared = Arc::new(prepared);
+        let state = Arc::new(decision.state);
+        let mut last_err = None;
+        for endpoint in &decision.endpoints {
+            let mut up_parts = parts_clone(&parts);
+            apply_mutations(&mut up_parts, &prepared);
+            self.picker.dispatched(&prepared, &state, endpoint, now());
+            match self
+                .upstream
+                .send(endpoint.address(), up_parts, prepared.body.clone(), self.config.response_head_timeout)
+                .await
+            {
+                Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                    // Not served and nothing reached the client: release and try the next one.
+                    self.picker.finished(&prepared, &state, endpoint, None, now());
+                    tracing::debug!(endpoint = %endpoint.address(), "replica answered 503; trying the next candidate");
+                    last_err = Some(format!("replica {} answered 503", endpoint.address()));
+                }
+                Ok(resp) => return Ok(self.stream_back(resp, prepared, state, endpoint.clone())),
+                Err(e) => {
+                    self.picker.finished(&prepared, &state, endpoint, None, now());
+                    tracing::warn!(error = %e, "upstream attempt failed; trying the next candidate");
+                    last_err = Some(e.to_string());
+                }
+            }
+        }
+        let msg = last_err.unwrap_or_else(|| "no candidate endpoint".to_string());
+        Ok(err_response(&RequestError::service_unavailable(format!("every candidate failed: {msg}"))))
+    }
+
+    fn stream_back(
+        &self,
+        resp: Response<Incoming>,
+        prepared: Arc<PreparedRequest>,
+        state: Arc<P::State>,
+        endpoint: Arc<Endpoint>,
+    ) -> Response<ProxyBody> {
+        let (mut parts, body) = resp.into_parts();
+        let mut tracker = prepared.response_tracker();
+        tracker.set_status(parts.status.as_u16());
+        tracker.on_headers(parts.headers.iter().filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v))));
+        let restorer = prepared.model_restorer();
+        if restorer.is_active() {
+            // The body length changes when the model name is written back.
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+        }
+        if let Ok(v) = HeaderValue::from_str(&endpoint.address().to_string()) {
+            parts.headers.insert(HeaderName::from_static(SERVED_HEADER), v);
+        }
+        let observer = Accounting { picker: self.picker.clone(), prepared, state, endpoint, tracker, restorer };
+        Response::from_parts(parts, Either::Right(ObservedBody::new(body, Box::new(observer))))
+    }
+
+    /// Forwards a request that is not scheduled (other paths, body-less requests) to a random
+    /// endpoint.
+    async fn passthrough(&self, parts: http::request::Parts, body: Bytes) -> Response<ProxyBody> {
+        let snapshot = self.picker.snapshot();
+        let endpoint = match pick_random_endpoint(&snapshot, self.picker.draw()) {
+            Ok(e) => e.clone(),
+            Err(e) => return err_response(&RequestError::service_unavailable(e.message)),
+        };
+        match self.upstream.send(endpoint.address(), parts, body, self.config.response_head_timeout).await {
+            Ok(resp) => {
+                let (mut parts, body) = resp.into_parts();
+                if let Ok(v) = HeaderValue::from_str(&endpoint.address().to_string()) {
+                    parts.headers.insert(HeaderName::from_static(SERVED_HEADER), v);
+                }
+                Response::from_parts(parts, Either::Right(ObservedBody::new(body, Box::new(NoObserver))))
+            }
+            Err(e) => err_response(&upstream_failed(&e)),
+        }
+    }
+}
+
+fn upstream_failed(e: &UpstreamError) -> RequestError {
+    RequestError::service_unavailable(e.to_string())
+}
+
+fn parts_clone(parts: &http::request::Parts) -> http::request::Parts {
+    let mut b = Request::builder().method(parts.method.clone()).uri(parts.uri.clone()).version(parts.version);
+    if let Some(h) = b.headers_mut() {
+        *h = parts.headers.clone();
+    }
+    let (p, ()) = b.body(()).unwrap_or_default().into_parts();
+    p
+}
+
+fn apply_mutations(parts: &mut http::request::Parts, prepared: &PreparedRequest) {
+    for name in &prepared.mutations.remove {
+        parts.headers.remove(name.as_str());
+    }
+    // A client must never steer the pick through the destination headers.
+    parts.headers.remove(headers::DESTINATION_ENDPOINT);
+    for (name, value) in &prepared.mutations.set {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            parts.headers.insert(n, v);
+        }
+    }
+}
+
+/// Feeds a response to the tracker and the model-name restorer, and reports the end to the
+/// picker exactly once.
+struct Accounting<P: Picker> {
+    picker: Arc<P>,
+    prepared: Arc<PreparedRequest>,
+    state: Arc<P::State>,
+    endpoint: Arc<Endpoint>,
+    tracker: ResponseTracker,
+    restorer: ModelNameRestorer,
+}
+
+impl<P: Picker> ResponseObserver for Accounting<P> {
+    fn on_data(&mut self, chunk: Bytes) -> Bytes {
+        self.tracker.on_body(&chunk);
+        if self.restorer.is_active() { self.restorer.push(chunk) } else { chunk }
+    }
+
+    fn flush(&mut self) -> Option<Bytes> {
+        self.restorer.is_active().then(|| self.restorer.finish())
+    }
+
+    fn on_end(&mut self, outcome: Outcome) {
+        let summary = self.tracker.finish();
+        if outcome != Outcome::Completed {
+            tracing::debug!(?outcome, endpoint = %self.endpoint.address(), "response ended early");
+        }
+        self.picker.finished(&self.prepared, &self.state, &self.endpoint, Some(&summary), now());
+    }
+}
+
+struct NoObserver;
+
+impl ResponseObserver for NoObserver {
+    fn on_data(&mut self, chunk: Bytes) -> Bytes {
+        chunk
+    }
+    fn on_end(&mut self, _: Outcome) {}
+}

@@ -1,0 +1,141 @@
+//! The standalone gateway's request path against real simulated replicas on loopback.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use igw_core::{Datastore, EndpointMeta};
+use igw_proxy::gateway::{Gateway, GatewayConfig, SERVED_HEADER};
+use igw_request::RandomPicker;
+use igw_sim::profile::Profile;
+use igw_sim::server::{Fleet, FleetConfig};
+use tokio::net::TcpListener;
+
+const MODEL: &str = "meta-llama/Llama-2-7b-hf";
+
+struct Harness {
+    url: String,
+    datastore: Arc<Datastore>,
+    fleet: Fleet,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start(extra_dead: bool, config: GatewayConfig) -> Harness {
+    let mut cfg = FleetConfig::new(Profile::llama2_7b_h100());
+    cfg.time_scale = 0.01;
+    cfg.model = MODEL.to_string();
+    let fleet = Fleet::bind(cfg, 2, 0).await.unwrap();
+    let mut eps: Vec<EndpointMeta> = fleet.addrs().iter().map(|a| EndpointMeta::from_addr(*a)).collect();
+    if extra_dead {
+        // A port nobody listens on: bind, learn the port, close.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead = l.local_addr().unwrap();
+        drop(l);
+        eps.push(EndpointMeta::from_addr(dead));
+    }
+    let datastore = Arc::new(Datastore::with_endpoints(eps));
+    let gw = Arc::new(Gateway::new(Arc::new(RandomPicker::new(datastore.clone(), 42)), config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(igw_proxy::listener::serve(
+        listener,
+        move |req| gw.clone().handle(req),
+        async {
+            let _ = rx.await;
+        },
+        Duration::from_secs(1),
+    ));
+    Harness { url, datastore, fleet, _stop: tx }
+}
+
+async fn post(url: &str, path: &str, body: &str) -> (StatusCode, http::HeaderMap, Bytes) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::post(format!("{url}{path}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    (parts.status, parts.headers, body.collect().await.unwrap().to_bytes())
+}
+
+fn in_flight(ds: &Datastore) -> u64 {
+    ds.snapshot().endpoints.iter().map(|e| e.in_flight().requests()).sum()
+}
+
+#[tokio::test]
+async fn completions_and_streaming_chat_are_served_and_accounted() {
+    let h = start(false, GatewayConfig::default()).await;
+    let body = format!(r#"{{"model":"{MODEL}","prompt":"hello world","max_tokens":4,"ignore_eos":true}}"#);
+    let (status, headers, bytes) = post(&h.url, "/v1/completions", &body).await;
+    assert_eq!(status, StatusCode::OK);
+    let served = headers[SERVED_HEADER].to_str().unwrap();
+    assert_eq!(served, headers["x-igw-sim-replica"].to_str().unwrap(), "served header names the replica");
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(v["usage"]["completion_tokens"], 4);
+
+    let body = format!(
+        r#"{{"model":"{MODEL}","messages":[{{"role":"user","content":"hi"}}],"max_tokens":5,"ignore_eos":true,"stream":true,"stream_options":{{"include_usage":true}}}}"#
+    );
+    let (status, headers, bytes) = post(&h.url, "/v1/chat/completions", &body).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers["content-type"].to_str().unwrap().contains("text/event-stream"));
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    assert_eq!(text.matches("\"content\":").count(), 6, "role chunk + 5 tokens: {text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"));
+    assert_eq!(in_flight(&h.datastore), 0, "every request released its in-flight load");
+    h.fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_openai_errors() {
+    let h = start(false, GatewayConfig { max_body_bytes: 1024, ..GatewayConfig::default() }).await;
+    let (status, _, bytes) = post(&h.url, "/v1/completions", "{not json").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+
+    let (status, _, bytes) = post(&h.url, "/v1/completions", r#"{"prompt":"no model"}"#).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&bytes).contains("model not found in request body"));
+
+    let big = format!(r#"{{"model":"{MODEL}","prompt":"{}"}}"#, "x".repeat(4096));
+    let (status, _, _) = post(&h.url, "/v1/completions", &big).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(in_flight(&h.datastore), 0);
+    h.fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dead_replica_is_skipped_before_any_byte() {
+    let h = start(true, GatewayConfig::default()).await;
+    let live: Vec<SocketAddr> = h.fleet.addrs().to_vec();
+    let body = format!(r#"{{"model":"{MODEL}","prompt":"hello","max_tokens":2,"ignore_eos":true}}"#);
+    for _ in 0..12 {
+        let (status, headers, _) = post(&h.url, "/v1/completions", &body).await;
+        assert_eq!(status, StatusCode::OK, "a refused connection falls back to the next candidate");
+        let served: SocketAddr = headers[SERVED_HEADER].to_str().unwrap().parse().unwrap();
+        assert!(live.contains(&served));
+    }
+    assert_eq!(in_flight(&h.datastore), 0);
+    h.fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn other_paths_pass_through() {
+    let h = start(false, GatewayConfig::default()).await;
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let resp = client.get(format!("{}/v1/models", h.url).parse().unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers().contains_key(SERVED_HEADER));
+    let v: serde_json::Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(v["data"][0]["id"], MODEL);
+    h.fleet.shutdown().await;
+}
