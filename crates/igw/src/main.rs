@@ -16,7 +16,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Standalone OpenAI-compatible gateway (built-in reverse proxy around the picker).
-    Serve(cmd::NotBuilt),
+    Serve(cmd::serve::ServeArgs),
     /// Endpoint Picker for Envoy-based gateways (ext_proc gRPC).
     Epp(cmd::NotBuilt),
     /// Body-Based Router ext_proc (sets X-Gateway-Model-Name from the body).
@@ -46,7 +46,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(_) => cmd::not_built("serve", "the standalone gateway"),
+        Command::Serve(args) => cmd::serve::run(args),
         Command::Epp(_) => cmd::not_built("epp", "the Envoy ext_proc Endpoint Picker"),
         Command::Bbr(_) => cmd::not_built("bbr", "the Body-Based Router"),
         Command::Crds(_) => cmd::not_built("crds", "the CRD printer"),

@@ -1,6 +1,7 @@
 //! Subcommands. Each file owns one subcommand's flags and wiring.
 
 pub mod bench;
+pub mod serve;
 pub mod sim;
 
 use clap::Args;
