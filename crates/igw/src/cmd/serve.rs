@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use igw_core::{Datastore, EndpointMeta};
+use igw_metrics::{EngineRegistry, ScrapeConfig, Scraper};
 use igw_proxy::admin::Admin;
 use igw_proxy::gateway::{Gateway, GatewayConfig};
 use igw_sim::profile::Profile;
@@ -42,6 +43,9 @@ pub struct ServeArgs {
     /// Seconds to let in-flight requests finish on shutdown.
     #[arg(long, default_value_t = 30.0)]
     pub drain_secs: f64,
+    /// How often each endpoint's /metrics page is scraped, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    pub refresh_metrics_interval_ms: u64,
     /// Pool name reported in metrics.
     #[arg(long, default_value = "default")]
     pub pool_name: String,
@@ -68,6 +72,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (eps, None, None)
     };
     let datastore = Arc::new(Datastore::with_endpoints(endpoints));
+    let scrape_config = ScrapeConfig {
+        interval: Duration::from_millis(args.refresh_metrics_interval_ms.max(1)),
+        ..ScrapeConfig::default()
+    };
+    let scraper = Scraper::new(scrape_config, EngineRegistry::builtin());
+    let follower = scraper.follow(datastore.clone());
     let picker = Arc::new(igw_request::RandomPicker::new(datastore.clone(), rand_seed()));
     let gateway = Arc::new(Gateway::new(
         picker,
@@ -123,6 +133,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = gw_task.await;
     let _ = admin_task.await;
+    follower.abort();
+    scraper.shutdown().await;
     if let Some(fleet) = fleet {
         fleet.shutdown().await;
     }
