@@ -12,6 +12,7 @@
 
 mod conn;
 pub mod health;
+pub mod lifecycle;
 pub mod metadata;
 pub mod picker;
 pub mod server;
@@ -19,6 +20,7 @@ pub mod stream;
 pub mod tls;
 
 pub use health::Health;
+pub use lifecycle::Lifecycle;
 pub use picker::{FixedPicker, PickFuture, Picked, Picker, RandomPicker};
 pub use server::{ExtProcService, Listeners, ServeError, ServerConfig, serve};
 pub use stream::{PendingPick, Step, StreamConfig, StreamState};

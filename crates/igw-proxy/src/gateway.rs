@@ -131,13 +131,12 @@ impl<P: Picker> Gateway<P> {
             Err(e) => return Ok(err_response(&e)),
         };
         drop(cands);
-        let prepared = Arc::new(prepared);
         let state = Arc::new(decision.state);
         let mut last_err = None;
         for endpoint in &decision.endpoints {
             let mut up_parts = parts_clone(&parts);
             apply_mutations(&mut up_parts, &prepared);
-            self.picker.dispatched(&prepared, &state, endpoint, now());
+            self.picker.dispatched(&state, endpoint, now());
             match self
                 .upstream
                 .send(endpoint.address(), up_parts, prepared.body.clone(), self.config.response_head_timeout)
@@ -145,13 +144,13 @@ impl<P: Picker> Gateway<P> {
             {
                 Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE => {
                     // Not served and nothing reached the client: release and try the next one.
-                    self.picker.finished(&prepared, &state, endpoint, None, now());
+                    self.picker.finished(&state, endpoint, None, now());
                     tracing::debug!(endpoint = %endpoint.address(), "replica answered 503; trying the next candidate");
                     last_err = Some(format!("replica {} answered 503", endpoint.address()));
                 }
-                Ok(resp) => return Ok(self.stream_back(resp, prepared, state, endpoint.clone())),
+                Ok(resp) => return Ok(self.stream_back(resp, &prepared, state, endpoint.clone())),
                 Err(e) => {
-                    self.picker.finished(&prepared, &state, endpoint, None, now());
+                    self.picker.finished(&state, endpoint, None, now());
                     tracing::warn!(error = %e, "upstream attempt failed; trying the next candidate");
                     last_err = Some(e.to_string());
                 }
@@ -164,7 +163,7 @@ impl<P: Picker> Gateway<P> {
     fn stream_back(
         &self,
         resp: Response<Incoming>,
-        prepared: Arc<PreparedRequest>,
+        prepared: &PreparedRequest,
         state: Arc<P::State>,
         endpoint: Arc<Endpoint>,
     ) -> Response<ProxyBody> {
@@ -180,7 +179,7 @@ impl<P: Picker> Gateway<P> {
         if let Ok(v) = HeaderValue::from_str(&endpoint.address().to_string()) {
             parts.headers.insert(HeaderName::from_static(SERVED_HEADER), v);
         }
-        let observer = Accounting { picker: self.picker.clone(), prepared, state, endpoint, tracker, restorer };
+        let observer = Accounting { picker: self.picker.clone(), state, endpoint, tracker, restorer };
         Response::from_parts(parts, Either::Right(ObservedBody::new(body, Box::new(observer))))
     }
 
@@ -235,7 +234,6 @@ fn apply_mutations(parts: &mut http::request::Parts, prepared: &PreparedRequest)
 /// picker exactly once.
 struct Accounting<P: Picker> {
     picker: Arc<P>,
-    prepared: Arc<PreparedRequest>,
     state: Arc<P::State>,
     endpoint: Arc<Endpoint>,
     tracker: ResponseTracker,
@@ -257,7 +255,7 @@ impl<P: Picker> ResponseObserver for Accounting<P> {
         if outcome != Outcome::Completed {
             tracing::debug!(?outcome, endpoint = %self.endpoint.address(), "response ended early");
         }
-        self.picker.finished(&self.prepared, &self.state, &self.endpoint, Some(&summary), now());
+        self.picker.finished(&self.state, &self.endpoint, Some(&summary), now());
     }
 }
 

@@ -25,7 +25,8 @@ pub struct Decision<S> {
 
 /// Admission, scheduling and per-request accounting behind one interface.
 pub trait Picker: Send + Sync + 'static {
-    /// Per-request state carried from [`decide`](Self::decide) to the hooks.
+    /// Per-request state carried from [`decide`](Self::decide) to the hooks: whatever the picker
+    /// needs of the request afterwards (token estimate, prefix hashes, model names for metrics).
     type State: Send + Sync + 'static;
 
     /// The datastore snapshot requests are prepared and scheduled against.
@@ -45,18 +46,11 @@ pub trait Picker: Send + Sync + 'static {
     ) -> Result<Decision<Self::State>, RequestError>;
 
     /// The request is being sent to `endpoint` (the primary, or a fallback after a retry).
-    fn dispatched(&self, prepared: &PreparedRequest, state: &Self::State, endpoint: &Arc<Endpoint>, now: Instant);
+    fn dispatched(&self, state: &Self::State, endpoint: &Arc<Endpoint>, now: Instant);
 
     /// The request sent to `endpoint` ended; `summary` is `None` when no response arrived.
     /// Called exactly once per [`dispatched`](Self::dispatched).
-    fn finished(
-        &self,
-        prepared: &PreparedRequest,
-        state: &Self::State,
-        endpoint: &Arc<Endpoint>,
-        summary: Option<&ResponseSummary>,
-        now: Instant,
-    );
+    fn finished(&self, state: &Self::State, endpoint: &Arc<Endpoint>, summary: Option<&ResponseSummary>, now: Instant);
 }
 
 /// Uniformly random routing with in-flight accounting and no admission control: what a
@@ -109,18 +103,11 @@ impl Picker for RandomPicker {
         Ok(Decision { endpoints, state: prepared.request.estimated_tokens() })
     }
 
-    fn dispatched(&self, _: &PreparedRequest, tokens: &u64, endpoint: &Arc<Endpoint>, _: Instant) {
+    fn dispatched(&self, tokens: &u64, endpoint: &Arc<Endpoint>, _: Instant) {
         endpoint.in_flight().add(*tokens);
     }
 
-    fn finished(
-        &self,
-        _: &PreparedRequest,
-        tokens: &u64,
-        endpoint: &Arc<Endpoint>,
-        _: Option<&ResponseSummary>,
-        _: Instant,
-    ) {
+    fn finished(&self, tokens: &u64, endpoint: &Arc<Endpoint>, _: Option<&ResponseSummary>, _: Instant) {
         endpoint.in_flight().release(*tokens);
     }
 }
@@ -153,7 +140,7 @@ mod tests {
             assert_eq!(d.endpoints.len(), 3, "three distinct fallbacks");
             let first = d.endpoints[0].id().0 as usize;
             counts[first] += 1;
-            picker.dispatched(&p, &d.state, &d.endpoints[0], Instant::ZERO);
+            picker.dispatched(&d.state, &d.endpoints[0], Instant::ZERO);
         }
         assert!(counts.iter().all(|&c| c > 60), "uniform-ish: {counts:?}");
         let total: u64 = snap.endpoints.iter().map(|e| e.in_flight().requests()).sum();

@@ -18,7 +18,7 @@ enum Command {
     /// Standalone OpenAI-compatible gateway (built-in reverse proxy around the picker).
     Serve(cmd::serve::ServeArgs),
     /// Endpoint Picker for Envoy-based gateways (ext_proc gRPC).
-    Epp(cmd::NotBuilt),
+    Epp(Box<cmd::epp::EppArgs>),
     /// Body-Based Router ext_proc (sets X-Gateway-Model-Name from the body).
     Bbr(cmd::NotBuilt),
     /// Simulated vLLM model servers on loopback.
@@ -47,7 +47,7 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => cmd::serve::run(args),
-        Command::Epp(_) => cmd::not_built("epp", "the Envoy ext_proc Endpoint Picker"),
+        Command::Epp(args) => cmd::epp::run(*args),
         Command::Bbr(_) => cmd::not_built("bbr", "the Body-Based Router"),
         Command::Crds(_) => cmd::not_built("crds", "the CRD printer"),
         Command::Manifests(_) => cmd::not_built("manifests", "the Kubernetes install generator"),

@@ -23,7 +23,7 @@ mod config;
 mod controller;
 mod fairness;
 mod ordering;
-mod quantity;
+pub mod quantity;
 mod queue;
 #[cfg(test)]
 mod tests;

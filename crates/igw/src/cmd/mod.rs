@@ -1,6 +1,8 @@
 //! Subcommands. Each file owns one subcommand's flags and wiring.
 
 pub mod bench;
+pub mod epp;
+pub mod picker;
 pub mod serve;
 pub mod sim;
 
@@ -24,4 +26,12 @@ pub fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+}
+
+/// A seed for production randomness (random tie breaks, request ids), different per process.
+pub fn seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.finish()
 }

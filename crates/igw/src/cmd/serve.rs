@@ -78,7 +78,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let scraper = Scraper::new(scrape_config, EngineRegistry::builtin());
     let follower = scraper.follow(datastore.clone());
-    let picker = Arc::new(igw_request::RandomPicker::new(datastore.clone(), rand_seed()));
+    let picker = super::picker::build(&datastore, None, None)?;
     let gateway = Arc::new(Gateway::new(
         picker,
         GatewayConfig {
@@ -139,11 +139,4 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         fleet.shutdown().await;
     }
     Ok(())
-}
-
-fn rand_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
-    h.finish()
 }

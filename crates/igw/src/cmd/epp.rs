@@ -1,0 +1,216 @@
+//! `igw epp`: the Endpoint Picker behind Envoy-based gateways (ext_proc gRPC), with upstream's
+//! flags, ports and semantics.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{ArgAction, Args};
+use igw_core::{Datastore, EndpointMeta};
+use igw_extproc::{Health, Lifecycle, Listeners, ServerConfig, StreamConfig, TlsConfig};
+use igw_metrics::{EngineRegistry, ScrapeConfig, Scraper};
+use igw_proxy::admin::Admin;
+
+fn parse_go_duration(s: &str) -> Result<Duration, String> {
+    igw_sched::flow::quantity::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Flags of `igw epp` (names and defaults as upstream's EPP).
+#[derive(Args, Debug)]
+pub struct EppArgs {
+    /// ext_proc gRPC port.
+    #[arg(long, default_value_t = 9002)]
+    pub grpc_port: u16,
+    /// gRPC health port.
+    #[arg(long, default_value_t = 9003)]
+    pub grpc_health_port: u16,
+    /// Prometheus metrics port.
+    #[arg(long, default_value_t = 9090)]
+    pub metrics_port: u16,
+    /// Address the ports bind on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind_address: std::net::IpAddr,
+    /// Serve TLS on the ext_proc port (self-signed unless --cert-path).
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub secure_serving: bool,
+    /// Directory with tls.crt and tls.key.
+    #[arg(long)]
+    pub cert_path: Option<PathBuf>,
+    /// Reload the certificate files when they change.
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub enable_cert_reload: bool,
+    /// InferencePool name (Kubernetes mode).
+    #[arg(long, default_value = "")]
+    pub pool_name: String,
+    /// InferencePool namespace (flag, then $NAMESPACE, then "default").
+    #[arg(long, default_value = "")]
+    pub pool_namespace: String,
+    /// InferencePool API group.
+    #[arg(long, default_value = "inference.networking.k8s.io")]
+    pub pool_group: String,
+    /// Standalone mode: pod label selector k=v,k2=v2.
+    #[arg(long, default_value = "")]
+    pub endpoint_selector: String,
+    /// Standalone mode: target ports (1-8).
+    #[arg(long, value_delimiter = ',')]
+    pub endpoint_target_ports: Vec<u16>,
+    /// Static endpoints ip:port,... (no Kubernetes).
+    #[arg(long, value_delimiter = ',')]
+    pub endpoints: Vec<String>,
+    /// Ignore the gateway's endpoint subset hint.
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub disable_endpoint_subset_filter: bool,
+    /// Model-server metrics scrape interval (Go duration, e.g. 50ms).
+    #[arg(long, default_value = "50ms", value_parser = parse_go_duration)]
+    pub refresh_metrics_interval: Duration,
+    /// Metrics older than this are stale in the pool gauges.
+    #[arg(long, default_value = "2s", value_parser = parse_go_duration)]
+    pub metrics_staleness_threshold: Duration,
+    /// EndpointPickerConfig file.
+    #[arg(long)]
+    pub config_file: Option<PathBuf>,
+    /// EndpointPickerConfig text.
+    #[arg(long)]
+    pub config_text: Option<String>,
+    /// Endpoints in the destination header (1 = upstream default; more for override_host).
+    #[arg(long, default_value_t = 1)]
+    pub max_endpoints: usize,
+    /// Deprecated upstream flag: setting it is an error (use engineConfigs in the config file).
+    #[arg(long, hide = true)]
+    pub total_queued_requests_metric: Option<String>,
+    /// Deprecated upstream flag: setting it is an error.
+    #[arg(long, hide = true)]
+    pub total_running_requests_metric: Option<String>,
+    /// Deprecated upstream flag: setting it is an error.
+    #[arg(long, hide = true)]
+    pub kv_cache_usage_percentage_metric: Option<String>,
+    /// Deprecated upstream flag: setting it is an error.
+    #[arg(long, hide = true)]
+    pub lora_info_metric: Option<String>,
+    /// Deprecated upstream flag: setting it is an error.
+    #[arg(long, hide = true)]
+    pub cache_info_metric: Option<String>,
+    /// Log verbosity (2 default, 3 verbose, 4 debug, 5 trace).
+    #[arg(short = 'v', long = "v", default_value_t = 2)]
+    pub verbosity: u8,
+}
+
+impl EppArgs {
+    fn validate(&self) -> anyhow::Result<()> {
+        for (flag, v) in [
+            ("--total-queued-requests-metric", &self.total_queued_requests_metric),
+            ("--total-running-requests-metric", &self.total_running_requests_metric),
+            ("--kv-cache-usage-percentage-metric", &self.kv_cache_usage_percentage_metric),
+            ("--lora-info-metric", &self.lora_info_metric),
+            ("--cache-info-metric", &self.cache_info_metric),
+        ] {
+            if v.is_some() {
+                bail!(
+                    "{flag} is deprecated and may not be set; configure engineConfigs of core-metrics-extractor in the EndpointPickerConfig instead"
+                );
+            }
+        }
+        if self.config_file.is_some() && self.config_text.is_some() {
+            bail!("--config-file and --config-text are mutually exclusive");
+        }
+        let modes = [!self.pool_name.is_empty(), !self.endpoint_selector.is_empty(), !self.endpoints.is_empty()];
+        match modes.iter().filter(|m| **m).count() {
+            1 => {}
+            0 => bail!("one of --pool-name, --endpoint-selector or --endpoints is required"),
+            _ => bail!("--pool-name, --endpoint-selector and --endpoints are mutually exclusive"),
+        }
+        if !self.pool_name.is_empty() || !self.endpoint_selector.is_empty() {
+            bail!(
+                "Kubernetes discovery (--pool-name / --endpoint-selector) is not wired into this build yet; use --endpoints ip:port,..."
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Runs `igw epp` until Ctrl-C.
+pub fn run(args: EppArgs) -> anyhow::Result<()> {
+    args.validate()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    rt.block_on(serve(args))
+}
+
+async fn serve(args: EppArgs) -> anyhow::Result<()> {
+    let endpoints = EndpointMeta::parse_list(&args.endpoints.join(",")).context("--endpoints")?;
+    let datastore = Arc::new(Datastore::with_endpoints(endpoints));
+    let scraper = Scraper::new(
+        ScrapeConfig { interval: args.refresh_metrics_interval, ..ScrapeConfig::default() },
+        EngineRegistry::builtin(),
+    );
+    let follower = scraper.follow(datastore.clone());
+    let picker = super::picker::build(&datastore, args.config_file.as_deref(), args.config_text.as_deref())?;
+    let lifecycle = Arc::new(Lifecycle::new(picker, args.max_endpoints));
+
+    let ext = tokio::net::TcpListener::bind(SocketAddr::new(args.bind_address, args.grpc_port))
+        .await
+        .with_context(|| format!("binding the ext_proc port {}", args.grpc_port))?;
+    let health_l = tokio::net::TcpListener::bind(SocketAddr::new(args.bind_address, args.grpc_health_port))
+        .await
+        .with_context(|| format!("binding the health port {}", args.grpc_health_port))?;
+    let metrics_l = tokio::net::TcpListener::bind(SocketAddr::new(args.bind_address, args.metrics_port))
+        .await
+        .with_context(|| format!("binding the metrics port {}", args.metrics_port))?;
+
+    let config = ServerConfig {
+        stream: StreamConfig {
+            max_endpoints: args.max_endpoints.max(1),
+            disable_subset_filter: args.disable_endpoint_subset_filter,
+            ..StreamConfig::default()
+        },
+        tls: TlsConfig {
+            secure_serving: args.secure_serving,
+            cert_path: args.cert_path.clone(),
+            enable_cert_reload: args.enable_cert_reload,
+            ..TlsConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    // A static pool is synced as soon as it is loaded.
+    let health = Health::new(true).await;
+    let admin = Arc::new(Admin {
+        pool_name: if args.pool_name.is_empty() { "static".into() } else { args.pool_name.clone() },
+        datastore: datastore.clone(),
+        staleness: args.metrics_staleness_threshold,
+        extra: Vec::new(),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let metrics_task = tokio::spawn(igw_proxy::listener::serve(
+        metrics_l,
+        move |req| admin.clone().handle(req),
+        wait(stop_rx.clone()),
+        Duration::from_secs(1),
+    ));
+    tracing::info!(
+        grpc = %ext.local_addr()?, health = %health_l.local_addr()?, metrics = %args.metrics_port,
+        tls = args.secure_serving, endpoints = datastore.snapshot().endpoints.len(), "igw epp serving"
+    );
+    let server = tokio::spawn(igw_extproc::serve(
+        config,
+        lifecycle,
+        Listeners { ext_proc: ext, health: Some(health_l) },
+        health,
+        wait(stop_rx.clone()),
+    ));
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        r = server => {
+            r.context("ext_proc server task")?.context("ext_proc server")?;
+            bail!("ext_proc server stopped unexpectedly");
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = metrics_task.await;
+    follower.abort();
+    scraper.shutdown().await;
+    Ok(())
+}
