@@ -139,3 +139,17 @@ async fn other_paths_pass_through() {
     assert_eq!(v["data"][0]["id"], MODEL);
     h.fleet.shutdown().await;
 }
+
+#[tokio::test]
+async fn h2c_prior_knowledge_is_served() {
+    let h = start(false, GatewayConfig::default()).await;
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    let body = format!(r#"{{"model":"{MODEL}","prompt":"hello","max_tokens":2,"ignore_eos":true}}"#);
+    let req = Request::post(format!("{}/v1/completions", h.url)).body(Full::new(Bytes::from(body))).unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(v["usage"]["completion_tokens"], 2);
+    h.fleet.shutdown().await;
+}
