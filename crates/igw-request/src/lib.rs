@@ -21,6 +21,7 @@
 pub mod body;
 pub mod error;
 pub mod headers;
+pub mod metrics;
 pub mod parse;
 pub mod picker;
 pub mod request;
