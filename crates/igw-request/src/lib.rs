@@ -19,6 +19,7 @@
 //! Errors are [`RequestError`]s carrying upstream's codes and their HTTP mapping.
 
 pub mod body;
+pub mod director;
 pub mod error;
 pub mod headers;
 pub mod metrics;
@@ -30,6 +31,7 @@ pub mod subset;
 pub mod usage;
 
 pub use body::{BodyBuffer, BodyError, DEFAULT_MAX_BODY_BYTES, MAX_STREAMED_CHUNK_BYTES, streamed_chunks};
+pub use director::Director;
 pub use error::{ErrorCode, RequestError};
 pub use headers::{ControlHeaders, HeaderMutations, format_destination, generate_request_id};
 pub use parse::{ParsedBody, parse_body, parse_request_body};

@@ -1,3 +1,19 @@
-//! igw-sched (being built).
+//! igw's scheduler, sans-IO: time and randomness are passed in, so the same code decides in
+//! production and in the discrete-event simulator.
+//!
+//! - [`scheduler`]: candidates → staleness filter → weighted scorers → picker; policies by name;
+//!   the lifecycle hooks (`on_routed`, `on_finished`).
+//! - [`scoring`]: upstream's scorers and igw's in-flight blending.
+//! - [`detector`]: the utilization saturation detector used for shedding.
+//! - [`prefix`]: the approximate prefix-cache index.
+//! - [`flow`]: flow control (priority bands, fairness, ordering, capacity, TTL).
+//! - [`bench`]: the in-process decision benchmark behind `igw bench scheduler`.
+
+pub mod bench;
+pub mod detector;
 pub mod flow;
 pub mod prefix;
+pub mod scheduler;
+pub mod scoring;
+
+pub use scheduler::{Decision, POLICY_NAMES, Picker, ScheduleError, Scheduler, UnknownPolicy};

@@ -74,6 +74,10 @@ pub struct EppArgs {
     /// EndpointPickerConfig text.
     #[arg(long)]
     pub config_text: Option<String>,
+    /// Scheduling policy when no config is given: igw (default), upstream-default, random,
+    /// round-robin, least-queue.
+    #[arg(long, default_value = "igw")]
+    pub policy: String,
     /// Endpoints in the destination header (1 = upstream default; more for override_host).
     #[arg(long, default_value_t = 1)]
     pub max_endpoints: usize,
@@ -121,6 +125,9 @@ impl EppArgs {
             0 => bail!("one of --pool-name, --endpoint-selector or --endpoints is required"),
             _ => bail!("--pool-name, --endpoint-selector and --endpoints are mutually exclusive"),
         }
+        if self.config_file.is_some() || self.config_text.is_some() {
+            bail!("EndpointPickerConfig files are not supported by this build yet; choose a policy with --policy");
+        }
         if !self.pool_name.is_empty() || !self.endpoint_selector.is_empty() {
             bail!(
                 "Kubernetes discovery (--pool-name / --endpoint-selector) is not wired into this build yet; use --endpoints ip:port,..."
@@ -145,7 +152,8 @@ async fn serve(args: EppArgs) -> anyhow::Result<()> {
         EngineRegistry::builtin(),
     );
     let follower = scraper.follow(datastore.clone());
-    let picker = super::picker::build(&datastore, args.config_file.as_deref(), args.config_text.as_deref())?;
+    let picker = super::picker::build(&datastore, &args.policy)?;
+    let request_metrics = picker.metrics().clone();
     let lifecycle = Arc::new(Lifecycle::new(picker, args.max_endpoints));
 
     let ext = tokio::net::TcpListener::bind(SocketAddr::new(args.bind_address, args.grpc_port))
@@ -178,7 +186,7 @@ async fn serve(args: EppArgs) -> anyhow::Result<()> {
         pool_name: if args.pool_name.is_empty() { "static".into() } else { args.pool_name.clone() },
         datastore: datastore.clone(),
         staleness: args.metrics_staleness_threshold,
-        extra: Vec::new(),
+        extra: vec![Arc::new(super::picker::RequestMetricsSource(request_metrics))],
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

@@ -1,21 +1,25 @@
-//! Builds the picker every data plane routes with, from a policy name or an
-//! EndpointPickerConfig.
+//! Builds the picker every data plane routes with.
 
-use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::bail;
+use anyhow::Context as _;
 use igw_core::Datastore;
-use igw_request::RandomPicker;
+use igw_proxy::admin::MetricsSource;
+use igw_request::Director;
+use igw_request::metrics::RequestMetrics;
+use igw_sched::Scheduler;
 
-/// The picker for `datastore`: from `--config-file` / `--config-text` when given.
-pub fn build(
-    datastore: &Arc<Datastore>,
-    config_file: Option<&Path>,
-    config_text: Option<&str>,
-) -> anyhow::Result<Arc<RandomPicker>> {
-    if config_file.is_some() || config_text.is_some() {
-        bail!("EndpointPickerConfig files are not supported by this build yet");
+/// The Director for `datastore`, deciding with the named policy.
+pub fn build(datastore: &Arc<Datastore>, policy: &str) -> anyhow::Result<Arc<Director>> {
+    let scheduler = Scheduler::from_policy(policy).context("--policy")?;
+    Ok(Arc::new(Director::new(datastore.clone(), Arc::new(scheduler), super::seed())))
+}
+
+/// Exposes the Director's request metrics on the admin listener.
+pub struct RequestMetricsSource(pub Arc<RequestMetrics>);
+
+impl MetricsSource for RequestMetricsSource {
+    fn render(&self, out: &mut String) {
+        self.0.render(out);
     }
-    Ok(Arc::new(RandomPicker::new(datastore.clone(), super::seed())))
 }

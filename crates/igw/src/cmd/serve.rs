@@ -46,6 +46,9 @@ pub struct ServeArgs {
     /// How often each endpoint's /metrics page is scraped, in milliseconds.
     #[arg(long, default_value_t = 50)]
     pub refresh_metrics_interval_ms: u64,
+    /// Scheduling policy: igw (default), upstream-default, random, round-robin, least-queue.
+    #[arg(long, default_value = "igw")]
+    pub policy: String,
     /// Pool name reported in metrics.
     #[arg(long, default_value = "default")]
     pub pool_name: String,
@@ -78,7 +81,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let scraper = Scraper::new(scrape_config, EngineRegistry::builtin());
     let follower = scraper.follow(datastore.clone());
-    let picker = super::picker::build(&datastore, None, None)?;
+    let picker = super::picker::build(&datastore, &args.policy)?;
+    let request_metrics = picker.metrics().clone();
     let gateway = Arc::new(Gateway::new(
         picker,
         GatewayConfig {
@@ -91,7 +95,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         pool_name: args.pool_name.clone(),
         datastore: datastore.clone(),
         staleness: Duration::from_secs(2),
-        extra: Vec::new(),
+        extra: vec![Arc::new(super::picker::RequestMetricsSource(request_metrics))],
     });
 
     let listener =

@@ -1,0 +1,410 @@
+//! The scheduler: candidates → (staleness filter) → weighted scorers → picker, sans-IO.
+//!
+//! Time (`now`) and randomness (an RNG) are passed in. A decision loads each candidate's metrics
+//! once, scores the whole set with `Σ wᵢ·clamp(sᵢ, 0, 1)`, and the picker returns the primary
+//! endpoint and ordered fallbacks. After routing, [`Scheduler::on_routed`] records the request
+//! (in-flight load, prefix index) and [`Scheduler::on_finished`] releases it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use igw_core::{Endpoint, InferenceRequest, Instant};
+use rand::Rng;
+use rand::seq::SliceRandom;
+
+use crate::detector::UtilizationDetector;
+use crate::prefix::{PrefixConfig, PrefixIndex, PrefixMatch, hash_prompt};
+use crate::scoring::{Candidate, ScoreInput, Scorer, unseen_in_flight};
+
+/// How the scored candidates become a pick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Picker {
+    /// `max-score-picker`: shuffle (random tie break), stable sort by score, highest first.
+    MaxScore,
+    /// `random-picker`: uniform.
+    Random,
+    /// Round robin over the candidates (IPVS / Envoy's default).
+    RoundRobin,
+}
+
+/// Why no endpoint was chosen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    /// No candidate endpoints (→ 503).
+    #[error("no candidate endpoints")]
+    NoCandidates,
+    /// A sheddable request (priority < 0) arrived while the pool is saturated (→ 429).
+    #[error("system saturated, sheddable request dropped")]
+    Saturated,
+}
+
+/// The result of one decision.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// Ordered endpoints, primary first.
+    pub endpoints: Vec<Arc<Endpoint>>,
+    /// Total weighted score of each returned endpoint (same order).
+    pub scores: Vec<f64>,
+    /// The prompt's prefix-block hashes (empty when prefix scoring is off), kept so that
+    /// [`Scheduler::on_routed`] does not hash again.
+    pub prefix_hashes: Vec<u64>,
+    /// Estimated tokens of work, added to and later released from the in-flight load.
+    pub tokens: u64,
+}
+
+/// A configured scheduler. Cheap to share (`Arc`); decisions take no lock except the prefix
+/// index's read lock.
+#[derive(Debug)]
+pub struct Scheduler {
+    name: String,
+    scorers: Vec<(Scorer, f64)>,
+    picker: Picker,
+    prefix: Option<PrefixIndex>,
+    blend_in_flight: bool,
+    staleness_filter: Option<Duration>,
+    detector: UtilizationDetector,
+    rr: AtomicUsize,
+}
+
+/// The policies selectable by name.
+pub const POLICY_NAMES: &[&str] = &["igw", "upstream-default", "random", "round-robin", "least-queue"];
+
+/// Why a policy could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown policy {0:?}; known: {names}", names = POLICY_NAMES.join(", "))]
+pub struct UnknownPolicy(pub String);
+
+impl Scheduler {
+    /// A scheduler from explicit parts (no prefix index unless `prefix` is set).
+    pub fn new(name: &str, scorers: Vec<(Scorer, f64)>, picker: Picker, prefix: Option<PrefixConfig>) -> Self {
+        Scheduler {
+            name: name.to_string(),
+            scorers,
+            picker,
+            prefix: prefix.map(PrefixIndex::new),
+            blend_in_flight: false,
+            staleness_filter: None,
+            detector: UtilizationDetector::default(),
+            rr: AtomicUsize::new(0),
+        }
+    }
+
+    /// Blend the picker's own in-flight counts into the queue signal (see
+    /// [`unseen_in_flight`]).
+    pub fn with_in_flight_blending(mut self, on: bool) -> Self {
+        self.blend_in_flight = on;
+        self
+    }
+
+    /// Leave out endpoints whose metrics are older than `threshold` (all of them stay when every
+    /// endpoint is stale: fail open).
+    pub fn with_staleness_filter(mut self, threshold: Option<Duration>) -> Self {
+        self.staleness_filter = threshold;
+        self
+    }
+
+    /// The saturation detector used for shedding.
+    pub fn with_detector(mut self, d: UtilizationDetector) -> Self {
+        self.detector = d;
+        self
+    }
+
+    /// A policy by name (see [`POLICY_NAMES`]):
+    /// - `upstream-default`: upstream's current default, exactly — queue-scorer 2,
+    ///   kv-cache-utilization-scorer 2, prefix-cache-scorer 3 (upstream prefix index), max-score.
+    /// - `igw`: the same weights plus igw's improvements — the prefix index in igw mode (chain
+    ///   roots survive eviction, per-endpoint chain continuity), in-flight blending (requests sent
+    ///   since the last scrape count as waiting, so bursts between scrapes spread), and stale
+    ///   endpoints (metrics older than 1 s) left out unless all are stale.
+    /// - `random` (a Kubernetes Service), `round-robin` (IPVS / Envoy), `least-queue`
+    ///   (queue-scorer alone, max-score).
+    pub fn from_policy(name: &str) -> Result<Self, UnknownPolicy> {
+        let upstream = vec![(Scorer::Queue, 2.0), (Scorer::KvCache, 2.0), (Scorer::Prefix, 3.0)];
+        Ok(match name {
+            "upstream-default" => Scheduler::new(name, upstream, Picker::MaxScore, Some(PrefixConfig::upstream())),
+            "igw" => Scheduler::new(name, upstream, Picker::MaxScore, Some(PrefixConfig::default()))
+                .with_in_flight_blending(true)
+                .with_staleness_filter(Some(Duration::from_secs(1))),
+            "random" => Scheduler::new(name, vec![], Picker::Random, None),
+            "round-robin" => Scheduler::new(name, vec![], Picker::RoundRobin, None),
+            "least-queue" => Scheduler::new(name, vec![(Scorer::Queue, 1.0)], Picker::MaxScore, None),
+            other => return Err(UnknownPolicy(other.to_string())),
+        })
+    }
+
+    /// The policy name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The prefix index, when prefix scoring is on.
+    pub fn prefix_index(&self) -> Option<&PrefixIndex> {
+        self.prefix.as_ref()
+    }
+
+    /// Legacy admission: a request with priority < 0 is shed when the pool's saturation over
+    /// `candidates` is ≥ 1.0; other requests are never shed.
+    pub fn admit(
+        &self,
+        req: &InferenceRequest,
+        candidates: &[Arc<Endpoint>],
+        now: Instant,
+    ) -> Result<(), ScheduleError> {
+        if !req.is_sheddable() {
+            return Ok(());
+        }
+        let metrics: Vec<_> = candidates.iter().map(|e| e.metrics()).collect();
+        if self.detector.saturation(metrics.iter().map(|m| &**m), now) >= 1.0 {
+            return Err(ScheduleError::Saturated);
+        }
+        Ok(())
+    }
+
+    /// Chooses up to `max` ordered endpoints for `req` among `candidates`.
+    pub fn schedule<R: Rng + ?Sized>(
+        &self,
+        req: &InferenceRequest,
+        candidates: &[Arc<Endpoint>],
+        max: usize,
+        now: Instant,
+        rng: &mut R,
+    ) -> Result<Decision, ScheduleError> {
+        if candidates.is_empty() {
+            return Err(ScheduleError::NoCandidates);
+        }
+        let mut cands: Vec<Candidate> = candidates
+            .iter()
+            .map(|e| {
+                let metrics = e.metrics();
+                let unseen =
+                    if self.blend_in_flight { unseen_in_flight(e.in_flight().requests(), &metrics) } else { 0 };
+                Candidate { endpoint: e.clone(), metrics, unseen }
+            })
+            .collect();
+        if let Some(threshold) = self.staleness_filter
+            && cands.iter().any(|c| !c.metrics.is_stale(now, threshold))
+        {
+            cands.retain(|c| !c.metrics.is_stale(now, threshold));
+        }
+        let tokens = req.estimated_tokens();
+        let (hashes, matched) = match &self.prefix {
+            Some(index) => {
+                let text = req.prompt.prefix_text();
+                let hashes = hash_prompt(index.config(), &req.target_model, req.cache_salt.as_deref(), text.as_bytes());
+                let m = index.match_prefix(&hashes);
+                (hashes, Some(m))
+            }
+            None => (Vec::new(), None),
+        };
+        let max = max.clamp(1, cands.len());
+        let order = match self.picker {
+            Picker::Random => {
+                cands.shuffle(rng);
+                None
+            }
+            Picker::RoundRobin => {
+                let start = self.rr.fetch_add(1, Ordering::Relaxed) % cands.len();
+                cands.rotate_left(start);
+                None
+            }
+            Picker::MaxScore => Some(self.score(req, &cands, matched.as_ref())),
+        };
+        let (endpoints, scores) = match order {
+            None => (cands.iter().take(max).map(|c| c.endpoint.clone()).collect(), vec![0.0; max]),
+            Some(totals) => {
+                let mut idx: Vec<usize> = (0..cands.len()).collect();
+                idx.shuffle(rng);
+                idx.sort_by(|a, b| totals[*b].total_cmp(&totals[*a]));
+                idx.truncate(max);
+                (idx.iter().map(|&i| cands[i].endpoint.clone()).collect(), idx.iter().map(|&i| totals[i]).collect())
+            }
+        };
+        Ok(Decision { endpoints, scores, prefix_hashes: hashes, tokens })
+    }
+
+    fn score(&self, req: &InferenceRequest, cands: &[Candidate], prefix: Option<&PrefixMatch>) -> Vec<f64> {
+        let input = ScoreInput { target_model: &req.target_model, prefix };
+        let mut totals = vec![0.0; cands.len()];
+        let mut scratch = vec![0.0; cands.len()];
+        for (scorer, weight) in &self.scorers {
+            scorer.score(&input, cands, &mut scratch);
+            for (t, s) in totals.iter_mut().zip(&scratch) {
+                let s = if s.is_finite() { s.clamp(0.0, 1.0) } else { 0.0 };
+                *t += weight * s;
+            }
+        }
+        totals
+    }
+
+    /// Records that the request of `decision` was sent to `endpoint`: in-flight load and, when
+    /// prefix scoring is on, the prompt's blocks as cached there.
+    pub fn on_routed(&self, decision: &Decision, endpoint: &Arc<Endpoint>) {
+        endpoint.in_flight().add(decision.tokens);
+        if let Some(index) = &self.prefix
+            && !decision.prefix_hashes.is_empty()
+        {
+            index.insert(endpoint.id(), &decision.prefix_hashes, endpoint.metrics().cache_num_blocks);
+        }
+    }
+
+    /// Releases the in-flight load of a request sent to `endpoint`.
+    pub fn on_finished(&self, decision: &Decision, endpoint: &Arc<Endpoint>) {
+        endpoint.in_flight().release(decision.tokens);
+    }
+
+    /// Drops prefix state of endpoints no longer present.
+    pub fn retain_endpoints(&self, keep: impl Fn(igw_core::EndpointId) -> bool) {
+        if let Some(index) = &self.prefix {
+            index.retain(keep);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use igw_core::{Datastore, EndpointMeta, EndpointMetrics};
+    use rand::SeedableRng;
+    use rand::rngs::SmallRng;
+
+    fn pool(n: usize) -> Datastore {
+        Datastore::with_endpoints((0..n).map(|i| EndpointMeta::parse_addr(&format!("10.0.0.{i}:8000")).unwrap()))
+    }
+
+    fn set(ep: &Endpoint, waiting: u32, kv: f64, now: Instant) {
+        ep.set_metrics(EndpointMetrics { waiting, kv_usage: kv, update_time: Some(now), ..Default::default() });
+    }
+
+    #[test]
+    fn picks_the_least_loaded_and_orders_fallbacks() {
+        let ds = pool(3);
+        let now = Instant::from_millis(10);
+        let s = ds.snapshot();
+        set(&s.endpoints[0], 10, 0.5, now);
+        set(&s.endpoints[1], 0, 0.1, now);
+        set(&s.endpoints[2], 5, 0.3, now);
+        for policy in ["igw", "upstream-default", "least-queue"] {
+            let sched = Scheduler::from_policy(policy).unwrap();
+            let d = sched
+                .schedule(&InferenceRequest::text("m", "hi"), &s.endpoints, 3, now, &mut SmallRng::seed_from_u64(1))
+                .unwrap();
+            let ids: Vec<_> = d.endpoints.iter().map(|e| e.id().0).collect();
+            assert_eq!(ids, [1, 2, 0], "{policy}");
+            assert!(d.scores.windows(2).all(|w| w[0] >= w[1]));
+        }
+        assert!(Scheduler::from_policy("nope").is_err());
+    }
+
+    #[test]
+    fn in_flight_blending_spreads_a_burst_between_scrapes() {
+        let now = Instant::from_millis(10);
+        let burst = |policy: &str| {
+            let ds = pool(4);
+            let s = ds.snapshot();
+            // Endpoint 0 looked idlest at the last scrape; the others had 2 waiting.
+            for (i, e) in s.endpoints.iter().enumerate() {
+                set(e, if i == 0 { 0 } else { 2 }, 0.0, now);
+            }
+            let sched = Scheduler::from_policy(policy).unwrap();
+            let mut rng = SmallRng::seed_from_u64(3);
+            let mut counts = [0u32; 4];
+            for i in 0..20 {
+                // Distinct long prompts: no prefix affinity in play.
+                let req = InferenceRequest::text("m", &format!("{i:04} {}", "x".repeat(200)));
+                let d = sched.schedule(&req, &s.endpoints, 1, now, &mut rng).unwrap();
+                sched.on_routed(&d, &d.endpoints[0]);
+                counts[d.endpoints[0].id().0 as usize] += 1;
+            }
+            counts
+        };
+        let igw = burst("igw");
+        assert!(igw.iter().all(|&c| (3..=8).contains(&c)), "igw spreads the burst: {igw:?}");
+        let up = burst("upstream-default");
+        assert_eq!(up, [20, 0, 0, 0], "upstream herds onto the endpoint that looked idlest");
+    }
+
+    #[test]
+    fn stale_endpoints_are_left_out_unless_all_are_stale() {
+        let ds = pool(2);
+        let s = ds.snapshot();
+        let now = Instant::from_millis(5_000);
+        set(&s.endpoints[0], 0, 0.0, Instant::from_millis(1_000)); // idle-looking but 4 s old
+        set(&s.endpoints[1], 8, 0.7, now);
+        let sched = Scheduler::from_policy("igw").unwrap();
+        let mut rng = SmallRng::seed_from_u64(1);
+        let d = sched.schedule(&InferenceRequest::text("m", "hi"), &s.endpoints, 2, now, &mut rng).unwrap();
+        assert_eq!(d.endpoints.len(), 1);
+        assert_eq!(d.endpoints[0].id().0, 1);
+        set(&s.endpoints[1], 8, 0.7, Instant::from_millis(1_000));
+        let d = sched.schedule(&InferenceRequest::text("m", "hi"), &s.endpoints, 2, now, &mut rng).unwrap();
+        assert_eq!(d.endpoints.len(), 2, "fail open when everything is stale");
+    }
+
+    #[test]
+    fn prefix_affinity_follows_the_cached_endpoint() {
+        let ds = pool(3);
+        let s = ds.snapshot();
+        let now = Instant::from_millis(10);
+        for e in &s.endpoints {
+            set(e, 0, 0.0, now);
+        }
+        let sched = Scheduler::from_policy("upstream-default").unwrap();
+        let mut rng = SmallRng::seed_from_u64(9);
+        let system = "You are a helpful assistant. ".repeat(20);
+        let first = sched.schedule(&InferenceRequest::text("m", &system), &s.endpoints, 1, now, &mut rng).unwrap();
+        sched.on_routed(&first, &first.endpoints[0]);
+        for i in 0..10 {
+            let req = InferenceRequest::text("m", &format!("{system} question {i}"));
+            let d = sched.schedule(&req, &s.endpoints, 1, now, &mut rng).unwrap();
+            assert_eq!(d.endpoints[0].id(), first.endpoints[0].id());
+        }
+    }
+
+    #[test]
+    fn shedding_only_below_zero_priority() {
+        let ds = pool(2);
+        let s = ds.snapshot();
+        let now = Instant::from_millis(10);
+        set(&s.endpoints[0], 10, 0.9, now);
+        set(&s.endpoints[1], 6, 0.9, now);
+        let sched = Scheduler::from_policy("igw").unwrap();
+        let mut req = InferenceRequest::text("m", "hi");
+        assert!(sched.admit(&req, &s.endpoints, now).is_ok());
+        req.priority = -1;
+        assert_eq!(sched.admit(&req, &s.endpoints, now), Err(ScheduleError::Saturated));
+        set(&s.endpoints[0], 0, 0.1, now);
+        set(&s.endpoints[1], 0, 0.1, now);
+        assert!(sched.admit(&req, &s.endpoints, now).is_ok());
+    }
+
+    #[test]
+    fn round_robin_and_random_cover_everyone() {
+        let ds = pool(3);
+        let s = ds.snapshot();
+        let now = Instant::ZERO;
+        let rr = Scheduler::from_policy("round-robin").unwrap();
+        let mut rng = SmallRng::seed_from_u64(2);
+        let picks: Vec<_> = (0..6)
+            .map(|_| {
+                rr.schedule(&InferenceRequest::text("m", "x"), &s.endpoints, 1, now, &mut rng).unwrap().endpoints[0]
+                    .id()
+                    .0
+            })
+            .collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+        let random = Scheduler::from_policy("random").unwrap();
+        let mut seen = [false; 3];
+        for _ in 0..100 {
+            let d = random.schedule(&InferenceRequest::text("m", "x"), &s.endpoints, 2, now, &mut rng).unwrap();
+            assert_ne!(d.endpoints[0].id(), d.endpoints[1].id());
+            seen[d.endpoints[0].id().0 as usize] = true;
+        }
+        assert!(seen.iter().all(|s| *s));
+        assert_eq!(
+            random.schedule(&InferenceRequest::text("m", "x"), &[], 1, now, &mut rng).unwrap_err(),
+            ScheduleError::NoCandidates
+        );
+    }
+}

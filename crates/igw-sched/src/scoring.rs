@@ -1,0 +1,195 @@
+//! Scorers: each gives every candidate a score in [0, 1] (clamped by the scheduler), upstream's
+//! formulas (`../shared/spec/scheduler.md` §2.3).
+
+use std::sync::Arc;
+
+use igw_core::{Endpoint, EndpointMetrics};
+
+use crate::prefix::PrefixMatch;
+
+/// One candidate as a decision sees it: the endpoint and the metrics loaded once.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// The endpoint.
+    pub endpoint: Arc<Endpoint>,
+    /// Its metrics as last scraped.
+    pub metrics: Arc<EndpointMetrics>,
+    /// Requests the picker sent that the last scrape cannot have counted yet (see
+    /// [`unseen_in_flight`]); 0 when in-flight blending is off.
+    pub unseen: u32,
+}
+
+/// Requests the picker has in flight on an endpoint beyond what its last scrape reported as
+/// running or waiting: `max(0, in_flight − (running + waiting))`. These were sent after the
+/// scrape (or are still in transit) and will show up in the server's queue, so igw counts them
+/// as waiting. This is what keeps a burst between two scrapes from landing on one replica.
+pub fn unseen_in_flight(in_flight: u64, m: &EndpointMetrics) -> u32 {
+    let seen = u64::from(m.running) + u64::from(m.waiting);
+    u32::try_from(in_flight.saturating_sub(seen)).unwrap_or(u32::MAX)
+}
+
+/// What scorers read besides the candidates.
+#[derive(Debug)]
+pub struct ScoreInput<'a> {
+    /// The request's target model (a LoRA adapter name when one is targeted).
+    pub target_model: &'a str,
+    /// Prefix-cache match of the request over the candidates, when the prefix scorer is on.
+    pub prefix: Option<&'a PrefixMatch>,
+}
+
+/// A scorer type with its upstream name.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Scorer {
+    /// `queue-scorer`: `(maxQ − q)/(maxQ − minQ)`, all 1.0 when equal; q includes unseen
+    /// in-flight requests when blending is on.
+    Queue,
+    /// `kv-cache-utilization-scorer`: `1 − kv`.
+    KvCache,
+    /// `running-requests-size-scorer`: min-max on the running count.
+    RunningRequests,
+    /// `prefix-cache-scorer`: matched blocks / total blocks.
+    Prefix,
+    /// `lora-affinity-scorer`: 1.0 active, 0.8 room to load, 0.6 waiting, else 0.
+    LoraAffinity,
+    /// `active-request-scorer`: `(max − n)/max` over the picker's in-flight requests; 1.0 when idle.
+    ActiveRequest,
+    /// `token-load-scorer`: `1 − min(tokens, T)/T` over in-flight tokens.
+    TokenLoad {
+        /// `queueThresholdTokens` (default 4,194,304).
+        threshold: u64,
+    },
+}
+
+impl Scorer {
+    /// Upstream's plugin type name.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Scorer::Queue => "queue-scorer",
+            Scorer::KvCache => "kv-cache-utilization-scorer",
+            Scorer::RunningRequests => "running-requests-size-scorer",
+            Scorer::Prefix => "prefix-cache-scorer",
+            Scorer::LoraAffinity => "lora-affinity-scorer",
+            Scorer::ActiveRequest => "active-request-scorer",
+            Scorer::TokenLoad { .. } => "token-load-scorer",
+        }
+    }
+
+    /// Scores every candidate into `out` (same order, same length).
+    pub fn score(&self, input: &ScoreInput<'_>, cands: &[Candidate], out: &mut [f64]) {
+        match self {
+            Scorer::Queue => min_max(cands, out, |c| f64::from(c.metrics.waiting) + f64::from(c.unseen)),
+            Scorer::RunningRequests => min_max(cands, out, |c| f64::from(c.metrics.running)),
+            Scorer::KvCache => {
+                for (o, c) in out.iter_mut().zip(cands) {
+                    *o = 1.0 - c.metrics.kv_usage;
+                }
+            }
+            Scorer::Prefix => {
+                for (o, c) in out.iter_mut().zip(cands) {
+                    *o = input.prefix.map_or(0.0, |p| p.ratio(c.endpoint.id()));
+                }
+            }
+            Scorer::LoraAffinity => {
+                for (o, c) in out.iter_mut().zip(cands) {
+                    *o = lora_affinity(&c.metrics, input.target_model);
+                }
+            }
+            Scorer::ActiveRequest => {
+                let max = cands.iter().map(|c| c.endpoint.in_flight().requests()).max().unwrap_or(0);
+                for (o, c) in out.iter_mut().zip(cands) {
+                    let n = c.endpoint.in_flight().requests();
+                    *o = if n == 0 || max == 0 { 1.0 } else { (max - n) as f64 / max as f64 };
+                }
+            }
+            Scorer::TokenLoad { threshold } => {
+                let t = (*threshold).max(1);
+                for (o, c) in out.iter_mut().zip(cands) {
+                    let tokens = c.endpoint.in_flight().tokens();
+                    *o = 1.0 - tokens.min(t) as f64 / t as f64;
+                }
+            }
+        }
+    }
+}
+
+/// `(max − v)/(max − min)`: lower is better; every candidate scores 1.0 when all are equal.
+fn min_max(cands: &[Candidate], out: &mut [f64], value: impl Fn(&Candidate) -> f64) {
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for c in cands {
+        let v = value(c);
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    for (o, c) in out.iter_mut().zip(cands) {
+        *o = if hi > lo { (hi - value(c)) / (hi - lo) } else { 1.0 };
+    }
+}
+
+/// Upstream's LoRA affinity score for one endpoint.
+pub fn lora_affinity(m: &EndpointMetrics, adapter: &str) -> f64 {
+    if m.active_adapters.contains(adapter) {
+        1.0
+    } else if m.max_adapters.is_some_and(|max| (m.active_adapters.len() + m.waiting_adapters.len()) < max as usize) {
+        0.8
+    } else if m.waiting_adapters.contains(adapter) {
+        0.6
+    } else {
+        0.0
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use igw_core::{EndpointId, EndpointMeta};
+
+    fn cand(id: u32, waiting: u32, running: u32, kv: f64) -> Candidate {
+        let ep = Endpoint::new(EndpointId(id), EndpointMeta::parse_addr(&format!("10.0.0.{id}:8000")).unwrap());
+        let m = EndpointMetrics { waiting, running, kv_usage: kv, ..Default::default() };
+        Candidate { endpoint: Arc::new(ep), metrics: Arc::new(m), unseen: 0 }
+    }
+
+    fn scores(s: Scorer, cands: &[Candidate]) -> Vec<f64> {
+        let mut out = vec![0.0; cands.len()];
+        s.score(&ScoreInput { target_model: "m", prefix: None }, cands, &mut out);
+        out
+    }
+
+    #[test]
+    fn queue_min_max_and_equal_case() {
+        let c = [cand(1, 0, 0, 0.0), cand(2, 5, 0, 0.0), cand(3, 10, 0, 0.0)];
+        assert_eq!(scores(Scorer::Queue, &c), vec![1.0, 0.5, 0.0]);
+        let eq = [cand(1, 3, 0, 0.0), cand(2, 3, 0, 0.0)];
+        assert_eq!(scores(Scorer::Queue, &eq), vec![1.0, 1.0]);
+        let mut blended = [cand(1, 0, 0, 0.0), cand(2, 0, 0, 0.0)];
+        blended[0].unseen = 4;
+        assert_eq!(scores(Scorer::Queue, &blended), vec![0.0, 1.0], "unseen in-flight counts as waiting");
+    }
+
+    #[test]
+    fn kv_running_lora_tokens() {
+        let c = [cand(1, 0, 2, 0.25), cand(2, 0, 4, 1.0)];
+        assert_eq!(scores(Scorer::KvCache, &c), vec![0.75, 0.0]);
+        assert_eq!(scores(Scorer::RunningRequests, &c), vec![1.0, 0.0]);
+        let mut m = EndpointMetrics { max_adapters: Some(2), ..Default::default() };
+        assert_eq!(lora_affinity(&m, "a"), 0.8);
+        m.active_adapters.insert("a".into());
+        assert_eq!(lora_affinity(&m, "a"), 1.0);
+        m.active_adapters.insert("b".into());
+        m.waiting_adapters.insert("c".into());
+        assert_eq!(lora_affinity(&m, "c"), 0.6);
+        assert_eq!(lora_affinity(&m, "d"), 0.0);
+        c[0].endpoint.in_flight().add(1_000);
+        let t = scores(Scorer::TokenLoad { threshold: 4_000 }, &c);
+        assert_eq!(t, vec![0.75, 1.0]);
+        assert_eq!(scores(Scorer::ActiveRequest, &c), vec![0.0, 1.0]);
+    }
+
+    #[test]
+    fn unseen_in_flight_formula() {
+        let m = EndpointMetrics { waiting: 2, running: 3, ..Default::default() };
+        assert_eq!(unseen_in_flight(4, &m), 0);
+        assert_eq!(unseen_in_flight(9, &m), 4);
+    }
+}
