@@ -79,8 +79,8 @@ impl HistogramFamily {
                 let _ = writeln!(out, "{}_bucket{{{}le=\"{}\"}} {}", self.name, with_comma(&base), b, cum);
             }
             let _ = writeln!(out, "{}_bucket{{{}le=\"+Inf\"}} {}", self.name, with_comma(&base), h.count);
-            let _ = writeln!(out, "{}_sum{{{}}} {}", self.name, base, h.sum);
-            let _ = writeln!(out, "{}_count{{{}}} {}", self.name, base, h.count);
+            let _ = writeln!(out, "{}_sum{} {}", self.name, braces(&base), h.sum);
+            let _ = writeln!(out, "{}_count{} {}", self.name, braces(&base), h.count);
         }
     }
 }
@@ -120,7 +120,7 @@ impl ValueFamily {
         let _ = writeln!(out, "# HELP {} [ALPHA] {}", self.name, self.help);
         let _ = writeln!(out, "# TYPE {} {}", self.name, self.kind);
         for (labels, v) in s.iter() {
-            let _ = writeln!(out, "{}{{{}}} {}", self.name, label_text(labels), v);
+            let _ = writeln!(out, "{}{} {}", self.name, braces(&label_text(labels)), v);
         }
     }
 }
@@ -131,6 +131,11 @@ fn escape(v: &str) -> String {
 
 fn label_text(labels: &Labels) -> String {
     labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect::<Vec<_>>().join(",")
+}
+
+/// `{labels}`, or nothing for an empty label set.
+fn braces(labels: &str) -> String {
+    if labels.is_empty() { String::new() } else { format!("{{{labels}}}") }
 }
 
 fn with_comma(s: &str) -> String {
