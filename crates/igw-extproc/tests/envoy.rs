@@ -382,3 +382,89 @@ async fn envoy_override_host_and_fail_open() {
     }
     assert_eq!(served.len(), 2, "round robin over both backends: {served:?}");
 }
+
+/// The whole picture: real Envoy → `Lifecycle<Director>` (the `igw` policy, as `igw epp` runs
+/// it) → a fleet of simulated vLLM replicas. Every check names the replica that served.
+#[tokio::test]
+async fn envoy_director_over_simulated_fleet() {
+    let Some(bin) = envoy_bin() else { return };
+    let mut cfg = igw_sim::FleetConfig::new(igw_sim::profile::Profile::llama2_7b_h100());
+    cfg.time_scale = 0.02;
+    let fleet = igw_sim::Fleet::bind(cfg, 3, 0).await.unwrap();
+    let replicas: Vec<String> = fleet.addrs().iter().map(ToString::to_string).collect();
+    let ds = Arc::new(Datastore::with_endpoints(fleet.addrs().iter().map(|a| EndpointMeta::from_addr(*a))));
+    ds.apply_objective(igw_core::InferenceObjective {
+        id: igw_core::ObjectRef::new("default", "batch"),
+        priority: -1,
+        legacy_model_name: None,
+    });
+    let director = Arc::new(igw_request::Director::new(
+        ds.clone(),
+        Arc::new(igw_sched::Scheduler::from_policy("igw").unwrap()),
+        7,
+    ));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (stop, rx) = oneshot::channel::<()>();
+    let lifecycle = Arc::new(igw_extproc::Lifecycle::new(director, 1));
+    let config = ServerConfig { tls: TlsConfig { secure_serving: false, ..Default::default() }, ..Default::default() };
+    let health = Health::new(true).await;
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = rx.await;
+        };
+        serve(config, lifecycle, Listeners { ext_proc: l, health: None }, health, shutdown).await.unwrap();
+    });
+    let envoy = start_envoy(&bin, "extproc-plaintext.yaml", &[("EPP_PORT", port.to_string())]).await;
+    let model = "meta-llama/Llama-2-7b-hf";
+
+    // Requests sharing a long system prompt stick to the replica that has it cached.
+    let system = "You are a careful assistant who answers briefly. ".repeat(20);
+    let mut served = Vec::new();
+    for i in 0..5 {
+        let body =
+            format!(r#"{{"model":"{model}","prompt":"{system} question {i}","max_tokens":3,"ignore_eos":true}}"#);
+        let req = Request::post(format!("http://127.0.0.1:{}/v1/completions", envoy.port))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let resp = http().request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let replica = resp.headers()["x-igw-sim-replica"].to_str().unwrap().to_string();
+        assert!(replicas.contains(&replica), "{replica} is one of the fleet");
+        let v: serde_json::Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(v["usage"]["completion_tokens"], 3);
+        served.push(replica);
+    }
+    assert!(served.iter().all(|r| *r == served[0]), "prefix affinity through Envoy: {served:?}");
+
+    // Streaming chat passes through Envoy event by event.
+    let body = format!(
+        r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}],"max_tokens":4,"ignore_eos":true,"stream":true}}"#
+    );
+    let req = Request::post(format!("http://127.0.0.1:{}/v1/chat/completions", envoy.port))
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let resp = http().request(req).await.unwrap();
+    assert!(replicas.contains(&resp.headers()["x-igw-sim-replica"].to_str().unwrap().to_string()));
+    let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert_eq!(text.matches("\"content\":").count(), 5, "role chunk + 4 tokens: {text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"));
+
+    // Nothing is scraped in this test, so every replica counts as saturated: a sheddable request
+    // (objective with priority -1) is shed with 429, a standard one is still served.
+    let r = send(&envoy, "POST", "/v1/completions", &[("x-gateway-inference-objective", "batch")], COMPLETION).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(&r.body[..], b"inference error: ResourceExhausted - system saturated, sheddable request dropped");
+
+    // Every routed request released its in-flight load.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ds.snapshot().endpoints.iter().any(|e| e.in_flight().requests() != 0) {
+        assert!(Instant::now() < deadline, "in-flight load never released");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(stop);
+    drop(envoy);
+    fleet.shutdown().await;
+}
