@@ -94,54 +94,90 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// A warmed pool and the requests to time: what both `igw bench scheduler` and the criterion
+/// benches measure.
+#[derive(Debug)]
+pub struct Fixture {
+    /// The scheduler under test.
+    pub scheduler: Scheduler,
+    /// The pool.
+    pub datastore: Datastore,
+    /// Requests to decide on (half share a warmed prefix).
+    pub requests: Vec<InferenceRequest>,
+    /// The time the pool's metrics are fresh at.
+    pub now: Instant,
+    rng: SmallRng,
+}
+
+impl Fixture {
+    /// Builds the pool for `opts.policy`, warms the prefix index and prepares the requests.
+    pub fn new(opts: &BenchOptions) -> Result<Self, UnknownPolicy> {
+        Self::with_scheduler(opts, Scheduler::from_policy(&opts.policy)?)
+    }
+
+    /// The same fixture around a given scheduler.
+    pub fn with_scheduler(opts: &BenchOptions, sched: Scheduler) -> Result<Self, UnknownPolicy> {
+        let mut rng = SmallRng::seed_from_u64(opts.seed);
+        let ds = Datastore::with_endpoints((0..opts.endpoints).map(|i| {
+            let addr = format!("10.{}.{}.{}:8000", (i >> 16) & 255, (i >> 8) & 255, i & 255);
+            EndpointMeta::from_addr(addr.parse().unwrap_or_else(|_| std::net::SocketAddr::from(([10, 0, 0, 1], 8000))))
+        }));
+        let snap = ds.snapshot();
+        let now = Instant::from_secs_f64(100.0);
+        for e in &snap.endpoints {
+            let mut m = EndpointMetrics {
+                waiting: rng.random_range(0..=20),
+                running: rng.random_range(0..=64),
+                kv_usage: rng.random_range(0.0..0.9),
+                max_adapters: Some(4),
+                cache_block_size: Some(16),
+                cache_num_blocks: Some(7300),
+                update_time: Some(now),
+                ..Default::default()
+            };
+            if rng.random_bool(0.3) {
+                m.active_adapters.insert(format!("adapter-{}", rng.random_range(0..8)));
+            }
+            e.set_metrics(m);
+        }
+        let prefixes: Vec<String> = (0..20).map(|_| text(&mut rng, opts.prompt_bytes / 2)).collect();
+        let make_prompt = |rng: &mut SmallRng| {
+            if rng.random_bool(0.5) {
+                let p = &prefixes[rng.random_range(0..prefixes.len())];
+                format!("{p}{}", text(rng, opts.prompt_bytes.saturating_sub(p.len())))
+            } else {
+                text(rng, opts.prompt_bytes)
+            }
+        };
+        let mut wrng = SmallRng::seed_from_u64(opts.seed ^ 0x5eed);
+        // History spread over the whole fleet, so every endpoint holds cached chains.
+        for i in 0..opts.warmup_requests {
+            let req = InferenceRequest::text("meta-llama/Llama-2-7b-hf", &make_prompt(&mut wrng));
+            if let Ok(d) = sched.schedule(&req, &snap.endpoints, 1, now, &mut wrng) {
+                let target = &snap.endpoints[i % snap.endpoints.len()];
+                sched.on_routed(&d, target);
+                sched.on_finished(&d, target);
+            }
+        }
+        let requests: Vec<InferenceRequest> = (0..opts.decisions.max(1))
+            .map(|_| InferenceRequest::text("meta-llama/Llama-2-7b-hf", &make_prompt(&mut rng)))
+            .collect();
+        Ok(Fixture { scheduler: sched, datastore: ds, requests, now, rng })
+    }
+
+    /// One decision on request `i` (modulo the number of requests), as timed by the benchmark.
+    pub fn decide(&mut self, i: usize) -> Option<crate::scheduler::Decision> {
+        let snap = self.datastore.snapshot();
+        let req = &self.requests[i % self.requests.len()];
+        self.scheduler.admit(req, &snap.endpoints, self.now).ok()?;
+        self.scheduler.schedule(req, &snap.endpoints, 1, self.now, &mut self.rng).ok()
+    }
+}
+
 /// Runs the benchmark.
 pub fn run(opts: &BenchOptions) -> Result<BenchReport, UnknownPolicy> {
-    let sched = Scheduler::from_policy(&opts.policy)?;
-    let mut rng = SmallRng::seed_from_u64(opts.seed);
-    let ds = Datastore::with_endpoints((0..opts.endpoints).map(|i| {
-        let addr = format!("10.{}.{}.{}:8000", (i >> 16) & 255, (i >> 8) & 255, i & 255);
-        EndpointMeta::from_addr(addr.parse().unwrap_or_else(|_| std::net::SocketAddr::from(([10, 0, 0, 1], 8000))))
-    }));
+    let Fixture { scheduler: sched, datastore: ds, requests, now, mut rng } = Fixture::new(opts)?;
     let snap = ds.snapshot();
-    let now = Instant::from_secs_f64(100.0);
-    for e in &snap.endpoints {
-        let mut m = EndpointMetrics {
-            waiting: rng.random_range(0..=20),
-            running: rng.random_range(0..=64),
-            kv_usage: rng.random_range(0.0..0.9),
-            max_adapters: Some(4),
-            cache_block_size: Some(16),
-            cache_num_blocks: Some(7300),
-            update_time: Some(now),
-            ..Default::default()
-        };
-        if rng.random_bool(0.3) {
-            m.active_adapters.insert(format!("adapter-{}", rng.random_range(0..8)));
-        }
-        e.set_metrics(m);
-    }
-    let prefixes: Vec<String> = (0..20).map(|_| text(&mut rng, opts.prompt_bytes / 2)).collect();
-    let make_prompt = |rng: &mut SmallRng| {
-        if rng.random_bool(0.5) {
-            let p = &prefixes[rng.random_range(0..prefixes.len())];
-            format!("{p}{}", text(rng, opts.prompt_bytes.saturating_sub(p.len())))
-        } else {
-            text(rng, opts.prompt_bytes)
-        }
-    };
-    let mut wrng = SmallRng::seed_from_u64(opts.seed ^ 0x5eed);
-    // History spread over the whole fleet, so every endpoint holds cached chains.
-    for i in 0..opts.warmup_requests {
-        let req = InferenceRequest::text("meta-llama/Llama-2-7b-hf", &make_prompt(&mut wrng));
-        if let Ok(d) = sched.schedule(&req, &snap.endpoints, 1, now, &mut wrng) {
-            let target = &snap.endpoints[i % snap.endpoints.len()];
-            sched.on_routed(&d, target);
-            sched.on_finished(&d, target);
-        }
-    }
-    let requests: Vec<InferenceRequest> = (0..opts.decisions.max(1))
-        .map(|_| InferenceRequest::text("meta-llama/Llama-2-7b-hf", &make_prompt(&mut rng)))
-        .collect();
     let mut lat = Vec::with_capacity(requests.len());
     let mut routed = Vec::with_capacity(requests.len());
     for req in &requests {
