@@ -13,8 +13,9 @@ fn decisions(c: &mut Criterion) {
     for endpoints in [10usize, 100, 1000] {
         let opts = BenchOptions { endpoints, decisions: 1024, warmup_requests: 10_000, ..Default::default() };
         let mut with_prefix = Fixture::new(&opts).unwrap();
-        let no_prefix = Scheduler::new("no-prefix", vec![(Scorer::Queue, 2.0), (Scorer::KvCache, 2.0)], Picker::MaxScore, None)
-            .with_in_flight_blending(true);
+        let no_prefix =
+            Scheduler::new("no-prefix", vec![(Scorer::Queue, 2.0), (Scorer::KvCache, 2.0)], Picker::MaxScore, None)
+                .with_in_flight_blending(true);
         let mut without_prefix = Fixture::with_scheduler(&opts, no_prefix).unwrap();
         let mut i = 0usize;
         group.bench_with_input(BenchmarkId::new("igw_prefix_4k", endpoints), &endpoints, |b, _| {

@@ -4,6 +4,7 @@
 //! - [`scheduler`]: candidates → staleness filter → weighted scorers → picker; policies by name;
 //!   the lifecycle hooks (`on_routed`, `on_finished`).
 //! - [`scoring`]: upstream's scorers and igw's in-flight blending.
+//! - [`legacy`]: the v0.3 filter tree (`legacy-filter-tree`).
 //! - [`detector`]: the utilization saturation detector used for shedding.
 //! - [`prefix`]: the approximate prefix-cache index.
 //! - [`flow`]: flow control (priority bands, fairness, ordering, capacity, TTL).
@@ -12,6 +13,7 @@
 pub mod bench;
 pub mod detector;
 pub mod flow;
+pub mod legacy;
 pub mod prefix;
 pub mod scheduler;
 pub mod scoring;

@@ -63,12 +63,14 @@ pub struct Scheduler {
     prefix: Option<PrefixIndex>,
     blend_in_flight: bool,
     staleness_filter: Option<Duration>,
+    legacy_tree: bool,
     detector: UtilizationDetector,
     rr: AtomicUsize,
 }
 
 /// The policies selectable by name.
-pub const POLICY_NAMES: &[&str] = &["igw", "upstream-default", "random", "round-robin", "least-queue"];
+pub const POLICY_NAMES: &[&str] =
+    &["igw", "upstream-default", "legacy-filter-tree", "random", "round-robin", "least-queue"];
 
 /// Why a policy could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -85,6 +87,7 @@ impl Scheduler {
             prefix: prefix.map(PrefixIndex::new),
             blend_in_flight: false,
             staleness_filter: None,
+            legacy_tree: false,
             detector: UtilizationDetector::default(),
             rr: AtomicUsize::new(0),
         }
@@ -117,6 +120,8 @@ impl Scheduler {
     ///   roots survive eviction, per-endpoint chain continuity), in-flight blending (requests sent
     ///   since the last scrape count as waiting, so bursts between scrapes spread), and stale
     ///   endpoints (metrics older than 1 s) left out unless all are stale.
+    /// - `legacy-filter-tree`: the v0.3 filter tree and a random pick ([`crate::legacy`]), the
+    ///   scheduler behind the blog's published numbers.
     /// - `random` (a Kubernetes Service), `round-robin` (IPVS / Envoy), `least-queue`
     ///   (queue-scorer alone, max-score).
     pub fn from_policy(name: &str) -> Result<Self, UnknownPolicy> {
@@ -126,6 +131,11 @@ impl Scheduler {
             "igw" => Scheduler::new(name, upstream, Picker::MaxScore, Some(PrefixConfig::default()))
                 .with_in_flight_blending(true)
                 .with_staleness_filter(Some(Duration::from_secs(1))),
+            "legacy-filter-tree" => {
+                let mut s = Scheduler::new(name, vec![], Picker::Random, None);
+                s.legacy_tree = true;
+                s
+            }
             "random" => Scheduler::new(name, vec![], Picker::Random, None),
             "round-robin" => Scheduler::new(name, vec![], Picker::RoundRobin, None),
             "least-queue" => Scheduler::new(name, vec![(Scorer::Queue, 1.0)], Picker::MaxScore, None),
@@ -186,6 +196,9 @@ impl Scheduler {
             && cands.iter().any(|c| !c.metrics.is_stale(now, threshold))
         {
             cands.retain(|c| !c.metrics.is_stale(now, threshold));
+        }
+        if self.legacy_tree {
+            cands = crate::legacy::filter_tree(&req.target_model, cands, rng);
         }
         let tokens = req.estimated_tokens();
         let (hashes, matched) = match &self.prefix {
@@ -294,6 +307,15 @@ mod tests {
             assert_eq!(ids, [1, 2, 0], "{policy}");
             assert!(d.scores.windows(2).all(|w| w[0] >= w[1]));
         }
+        let legacy = Scheduler::from_policy("legacy-filter-tree").unwrap();
+        let d = legacy
+            .schedule(&InferenceRequest::text("m", "hi"), &s.endpoints, 3, now, &mut SmallRng::seed_from_u64(1))
+            .unwrap();
+        assert_eq!(
+            d.endpoints.iter().map(|e| e.id().0).collect::<Vec<_>>(),
+            [1],
+            "only the first queue bucket survives"
+        );
         assert!(Scheduler::from_policy("nope").is_err());
     }
 

@@ -74,7 +74,7 @@ pub struct EppArgs {
     /// EndpointPickerConfig text.
     #[arg(long)]
     pub config_text: Option<String>,
-    /// Scheduling policy when no config is given: igw (default), upstream-default, random,
+    /// Scheduling policy: igw (default), upstream-default, legacy-filter-tree, random,
     /// round-robin, least-queue.
     #[arg(long, default_value = "igw")]
     pub policy: String,
