@@ -4,6 +4,7 @@
 //! - [`scheduler`]: candidates → staleness filter → weighted scorers → picker; policies by name;
 //!   the lifecycle hooks (`on_routed`, `on_finished`).
 //! - [`scoring`]: upstream's scorers and igw's in-flight blending.
+//! - [`config`]: the upstream `EndpointPickerConfig` file.
 //! - [`legacy`]: the v0.3 filter tree (`legacy-filter-tree`).
 //! - [`detector`]: the utilization saturation detector used for shedding.
 //! - [`prefix`]: the approximate prefix-cache index.
@@ -11,6 +12,7 @@
 //! - [`bench`]: the in-process decision benchmark behind `igw bench scheduler`.
 
 pub mod bench;
+pub mod config;
 pub mod detector;
 pub mod flow;
 pub mod legacy;

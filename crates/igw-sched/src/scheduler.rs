@@ -148,6 +148,11 @@ impl Scheduler {
         &self.name
     }
 
+    /// The scorers and their weights, by upstream type name.
+    pub fn scorer_weights(&self) -> Vec<(&'static str, f64)> {
+        self.scorers.iter().map(|(s, w)| (s.type_name(), *w)).collect()
+    }
+
     /// The prefix index, when prefix scoring is on.
     pub fn prefix_index(&self) -> Option<&PrefixIndex> {
         self.prefix.as_ref()

@@ -125,9 +125,6 @@ impl EppArgs {
             0 => bail!("one of --pool-name, --endpoint-selector or --endpoints is required"),
             _ => bail!("--pool-name, --endpoint-selector and --endpoints are mutually exclusive"),
         }
-        if self.config_file.is_some() || self.config_text.is_some() {
-            bail!("EndpointPickerConfig files are not supported by this build yet; choose a policy with --policy");
-        }
         if !self.pool_name.is_empty() || !self.endpoint_selector.is_empty() {
             bail!(
                 "Kubernetes discovery (--pool-name / --endpoint-selector) is not wired into this build yet; use --endpoints ip:port,..."
@@ -152,7 +149,15 @@ async fn serve(args: EppArgs) -> anyhow::Result<()> {
         EngineRegistry::builtin(),
     );
     let follower = scraper.follow(datastore.clone());
-    let picker = super::picker::build(&datastore, &args.policy)?;
+    let picker = match (&args.config_file, &args.config_text) {
+        (Some(path), _) => super::picker::from_config(
+            &datastore,
+            &std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        )
+        .with_context(|| format!("--config-file {}", path.display()))?,
+        (None, Some(text)) => super::picker::from_config(&datastore, text).context("--config-text")?,
+        (None, None) => super::picker::build(&datastore, &args.policy)?,
+    };
     let request_metrics = picker.metrics().clone();
     let lifecycle = Arc::new(Lifecycle::new(picker, args.max_endpoints));
 

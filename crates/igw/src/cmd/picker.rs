@@ -15,6 +15,12 @@ pub fn build(datastore: &Arc<Datastore>, policy: &str) -> anyhow::Result<Arc<Dir
     Ok(Arc::new(Director::new(datastore.clone(), Arc::new(scheduler), super::seed())))
 }
 
+/// The Director for `datastore`, deciding with the scheduler an EndpointPickerConfig describes.
+pub fn from_config(datastore: &Arc<Datastore>, yaml: &str) -> anyhow::Result<Arc<Director>> {
+    let scheduler = igw_sched::config::scheduler_from_yaml(yaml)?;
+    Ok(Arc::new(Director::new(datastore.clone(), Arc::new(scheduler), super::seed())))
+}
+
 /// Exposes the Director's request metrics on the admin listener.
 pub struct RequestMetricsSource(pub Arc<RequestMetrics>);
 
