@@ -31,7 +31,10 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use igw_core::Snapshot;
 use igw_request::error::MSG_NO_CANDIDATES;
-use igw_request::headers::{DESTINATION_ENDPOINT, DESTINATION_ENDPOINT_SERVED};
+use igw_request::headers::{
+    CONFORMANCE_SERVED_ENDPOINT, DESTINATION_ENDPOINT, DESTINATION_ENDPOINT_SERVED, ENVOY_LB_NAMESPACE,
+    TEST_ENDPOINT_SELECTION,
+};
 use igw_request::{
     BodyBuffer, DEFAULT_MAX_BODY_BYTES, EndpointSubset, ErrorCode, HeaderMutations, ModelNameRestorer, Prepared,
     PreparedRequest, RequestError, RequestHead, ResponseTracker, streamed_chunks,
@@ -41,6 +44,13 @@ use tonic::Status;
 
 use crate::metadata::{destination_metadata, header_value, served_endpoint, set_header, subset_hint};
 use crate::picker::{Picked, Picker};
+
+/// Response header naming the endpoint the EPP picked (conformance test mode).
+pub const CONFORMANCE_SELECTED_ENDPOINT: &str = "x-conformance-test-selected-endpoint";
+/// Response header naming the EPP's pool as `namespace/name` (conformance test mode).
+pub const CONFORMANCE_EPP_POOL: &str = "x-conformance-test-epp-pool";
+/// Request header the conformance echo server copies into its response (`name:value`).
+pub const ECHO_SET_HEADER: &str = "x-echo-set-header";
 
 /// Per-stream behaviour, shared by all streams of a server.
 #[derive(Clone, Debug)]
@@ -52,11 +62,29 @@ pub struct StreamConfig {
     pub max_body_bytes: usize,
     /// Ignore the gateway's subset hint (`--disable-endpoint-subset-filter`).
     pub disable_subset_filter: bool,
+    /// Conformance test mode (upstream's `header-based-testing-filter` plugin): a request's
+    /// `test-epp-endpoint-selection` header (`ip` or `ip:port`, comma-separated) confines its pick
+    /// to those endpoints; without the header every endpoint stays eligible.
+    pub test_endpoint_selection: bool,
+    /// Conformance test mode (upstream's `destination-endpoint-served-verifier` plugin): responses
+    /// carry `x-conformance-test-served-endpoint` (the gateway's `envoy.lb` served endpoint, or a
+    /// `fail: ...` reason), `x-conformance-test-selected-endpoint` (the pick) and, when
+    /// [`pool`](Self::pool) is set, `x-conformance-test-epp-pool`.
+    pub served_endpoint_verifier: bool,
+    /// The pool as `namespace/name`, for `x-conformance-test-epp-pool`.
+    pub pool: Option<String>,
 }
 
 impl Default for StreamConfig {
     fn default() -> Self {
-        StreamConfig { max_endpoints: 1, max_body_bytes: DEFAULT_MAX_BODY_BYTES, disable_subset_filter: false }
+        StreamConfig {
+            max_endpoints: 1,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            disable_subset_filter: false,
+            test_endpoint_selection: false,
+            served_endpoint_verifier: false,
+            pool: None,
+        }
     }
 }
 
@@ -128,6 +156,22 @@ pub struct StreamState {
     tracker: ResponseTracker,
     restorer: ModelNameRestorer,
     served: Option<SocketAddr>,
+    /// What the gateway's metadata said about the served endpoint (for the verifier).
+    served_report: ServedReport,
+    /// The primary endpoint picked (for the verifier).
+    selected: Option<SocketAddr>,
+}
+
+/// What the `envoy.lb` metadata said about the endpoint that served the response.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum ServedReport {
+    /// No `envoy.lb` metadata arrived.
+    #[default]
+    NoLbMetadata,
+    /// `envoy.lb` arrived without a usable served endpoint.
+    NoServedKey,
+    /// The served endpoint.
+    Served(SocketAddr),
 }
 
 impl std::fmt::Debug for StreamState {
@@ -160,6 +204,8 @@ impl StreamState {
             tracker: ResponseTracker::default(),
             restorer: ModelNameRestorer::default(),
             served: None,
+            served_report: ServedReport::NoLbMetadata,
+            selected: None,
         }
     }
 
@@ -182,6 +228,9 @@ impl StreamState {
             }
             if let Some(addr) = served_endpoint(md) {
                 self.served = Some(addr);
+                self.served_report = ServedReport::Served(addr);
+            } else if md.filter_metadata.contains_key(ENVOY_LB_NAMESPACE) && self.served.is_none() {
+                self.served_report = ServedReport::NoServedKey;
             }
         }
         if self.phase == Phase::Done {
@@ -221,6 +270,8 @@ impl StreamState {
             mutations.remove_header(DESTINATION_ENDPOINT_SERVED);
         }
         let destination = mutations.set_destination(&picked.endpoints);
+        self.selected = picked.endpoints.first().copied();
+        self.echo_selected(&mut mutations);
         self.tracker = prepared.response_tracker();
         self.restorer = prepared.model_restorer();
         self.picked = Some(picked);
@@ -295,11 +346,16 @@ impl StreamState {
     /// A request without a body: any endpoint, answered at once (no parsing or scheduling).
     fn route_without_body(&mut self, head: RequestHead) -> Result<Step, RequestError> {
         let client_sent_served = head.headers.iter().any(|(k, _)| k == DESTINATION_ENDPOINT_SERVED);
-        let Prepared::NoBody(nb) = head.prepare(None, &Snapshot::default(), 0)? else {
+        let Prepared::NoBody(nb) = head.clone().prepare(None, &Snapshot::default(), 0)? else {
             return Err(RequestError::internal("body-less request prepared with a body"));
         };
-        let addr = self.picker.pick_any()?;
+        let addr = match self.steering(&head) {
+            Some(steer) => self.pick_steered(&steer)?,
+            None => self.picker.pick_any()?,
+        };
+        self.selected = Some(addr);
         let mut mutations = nb.mutations;
+        self.echo_selected(&mut mutations);
         if client_sent_served {
             mutations.remove_header(DESTINATION_ENDPOINT_SERVED);
         }
@@ -334,6 +390,16 @@ impl StreamState {
         let head = self.head.take().ok_or_else(|| protocol_error("request completed without headers"))?;
         let body = self.body.take();
         let snapshot = self.picker.snapshot();
+        if let Some(steer) = self.steering(&head) {
+            // Confine the pick to the steered endpoints (and the gateway's hint, when it sent one).
+            let hint = self.subset.take();
+            let allowed = snapshot
+                .endpoints
+                .iter()
+                .map(|e| e.address())
+                .filter(|a| steer.admits(*a) && hint.as_ref().is_none_or(|h| h.admits(*a)));
+            self.subset = Some(EndpointSubset::of_addresses(allowed));
+        }
         let prepared = match head.prepare(Some(body), &snapshot, rand::rng().random())? {
             Prepared::Inference(p) => p,
             Prepared::NoBody(_) => return Err(RequestError::internal("request with a body prepared as body-less")),
@@ -347,7 +413,7 @@ impl StreamState {
         self.tracker
             .on_headers(h.headers.iter().flat_map(|m| m.headers.iter()).map(|hv| (hv.key.as_str(), header_str(hv))));
         let reply = ProcessingResponse {
-            response: Some(processing_response::Response::ResponseHeaders(HeadersResponse::default())),
+            response: Some(processing_response::Response::ResponseHeaders(self.verifier_headers())),
             ..Default::default()
         };
         if h.end_of_stream || !self.response_has_body {
@@ -393,6 +459,64 @@ impl StreamState {
         out.push(trailers_response(Direction::Response));
         self.finish_response();
         Ok(Step::Reply(out))
+    }
+
+    /// The steering subset of a request, in conformance test mode when it carries the header.
+    fn steering(&self, head: &RequestHead) -> Option<EndpointSubset> {
+        if !self.config.test_endpoint_selection {
+            return None;
+        }
+        let (_, v) = head.headers.iter().find(|(k, _)| k == TEST_ENDPOINT_SELECTION)?;
+        Some(EndpointSubset::steering(v))
+    }
+
+    /// A uniformly random endpoint among the steered ones (body-less requests); none → 503.
+    fn pick_steered(&self, steer: &EndpointSubset) -> Result<SocketAddr, RequestError> {
+        let snapshot = self.picker.snapshot();
+        let hint = self.subset.as_ref();
+        let eligible: Vec<SocketAddr> = snapshot
+            .endpoints
+            .iter()
+            .map(|e| e.address())
+            .filter(|a| steer.admits(*a) && hint.is_none_or(|h| h.admits(*a)))
+            .collect();
+        if eligible.is_empty() {
+            return Err(RequestError::service_unavailable(MSG_NO_CANDIDATES));
+        }
+        Ok(eligible[rand::rng().random_range(0..eligible.len())])
+    }
+
+    /// Asks the conformance echo backend to reflect the pick (`X-Echo-Set-Header`), as upstream's
+    /// test EPP does.
+    fn echo_selected(&self, mutations: &mut HeaderMutations) {
+        if let (true, Some(addr)) = (self.config.served_endpoint_verifier, self.selected) {
+            mutations.set_header(ECHO_SET_HEADER, format!("{CONFORMANCE_SERVED_ENDPOINT}:{addr}"));
+        }
+    }
+
+    /// The response-headers answer: empty, or the conformance verifier's headers.
+    fn verifier_headers(&self) -> HeadersResponse {
+        if !self.config.served_endpoint_verifier {
+            return HeadersResponse::default();
+        }
+        let served = match self.served_report {
+            ServedReport::Served(addr) => addr.to_string(),
+            ServedReport::NoLbMetadata => "fail: missing envoy lb metadata".to_string(),
+            ServedReport::NoServedKey => "fail: missing destination endpoint served metadata".to_string(),
+        };
+        let mut set = vec![set_header(CONFORMANCE_SERVED_ENDPOINT, &served)];
+        if let Some(addr) = self.selected {
+            set.push(set_header(CONFORMANCE_SELECTED_ENDPOINT, &addr.to_string()));
+        }
+        if let Some(pool) = &self.config.pool {
+            set.push(set_header(CONFORMANCE_EPP_POOL, pool));
+        }
+        HeadersResponse {
+            response: Some(CommonResponse {
+                header_mutation: Some(HeaderMutation { set_headers: set, remove_headers: Vec::new() }),
+                ..Default::default()
+            }),
+        }
     }
 
     /// Response messages are only expected once the request was answered.

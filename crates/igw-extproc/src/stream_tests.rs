@@ -597,3 +597,89 @@ fn protocol_violations_fail_the_stream() {
     feed(&mut s, post("/"));
     assert!(matches!(feed_step(&mut s, resp_headers(&[], false)), Step::Fail(_)));
 }
+
+fn conformance() -> StreamConfig {
+    StreamConfig {
+        test_endpoint_selection: true,
+        served_endpoint_verifier: true,
+        pool: Some("default/pool-a".into()),
+        ..Default::default()
+    }
+}
+
+fn steered_post(selection: &str) -> ProcessingRequest {
+    headers(&[(":method", "POST"), (":path", "/v1/completions"), (TEST_ENDPOINT_SELECTION, selection)], false)
+}
+
+/// The destination of a steered request, or its immediate error status.
+fn steered_destination(p: &Arc<TestPicker>, cfg: StreamConfig, selection: &str) -> Result<String, i32> {
+    let mut s = state_cfg(p, cfg);
+    feed(&mut s, steered_post(selection));
+    let out = feed(&mut s, body(BODY, true));
+    match &out[0].response {
+        Some(processing_response::Response::ImmediateResponse(_)) => Err(immediate(&out).0),
+        _ => Ok(request_headers_of(&out[0]).1.unwrap()),
+    }
+}
+
+#[test]
+fn conformance_steering_header_confines_the_pick() {
+    // Two ranks on one pod: an ip:port entry picks exactly that rank, a bare IP any of them.
+    let p = picker_with("10.0.0.1:8000,10.0.0.1:8001,10.0.0.2:8000", 1);
+    assert_eq!(steered_destination(&p, conformance(), "10.0.0.1:8001").unwrap(), "10.0.0.1:8001");
+    assert_eq!(steered_destination(&p, conformance(), "10.0.0.2").unwrap(), "10.0.0.2:8000");
+    // Addresses outside the pool are ignored; nothing left is a 503.
+    assert_eq!(steered_destination(&p, conformance(), "192.168.9.9, 10.0.0.2:8000").unwrap(), "10.0.0.2:8000");
+    assert_eq!(steered_destination(&p, conformance(), "192.168.9.9"), Err(503));
+    // Without test mode the header is an ordinary header: the picker's first choice wins.
+    assert_eq!(steered_destination(&p, StreamConfig::default(), "10.0.0.2").unwrap(), "10.0.0.1:8000");
+    // Body-less requests are steered too.
+    let mut s = state_cfg(&p, conformance());
+    let out = feed(&mut s, headers(&[(":method", "GET"), (TEST_ENDPOINT_SELECTION, "10.0.0.1:8001")], true));
+    assert_eq!(request_headers_of(&out[0]).1.as_deref(), Some("10.0.0.1:8001"));
+}
+
+#[test]
+fn conformance_verifier_reports_the_served_endpoint() {
+    let p = picker_with(EPS, 1);
+    let verifier_headers = |s: &mut StreamState, m: ProcessingRequest| {
+        let out = feed(s, m);
+        let Some(processing_response::Response::ResponseHeaders(h)) = &out[0].response else { panic!("{out:?}") };
+        set_headers(h.response.as_ref().unwrap())
+    };
+    // The gateway reports the served endpoint in envoy.lb metadata.
+    let mut s = state_cfg(&p, conformance());
+    feed(&mut s, steered_post("10.0.0.3"));
+    let out = feed(&mut s, body(BODY, true));
+    let set = set_headers(request_headers_of(&out[0]).0);
+    assert_eq!(get(&set, ECHO_SET_HEADER), Some("x-conformance-test-served-endpoint:10.0.0.3:8000"));
+    let m = with_metadata(resp_headers(&[(":status", "200")], false), "envoy.lb", DESTINATION_ENDPOINT_SERVED, {
+        string_value("10.0.0.3:8000")
+    });
+    let set = verifier_headers(&mut s, m);
+    assert_eq!(get(&set, CONFORMANCE_SERVED_ENDPOINT), Some("10.0.0.3:8000"));
+    assert_eq!(get(&set, CONFORMANCE_SELECTED_ENDPOINT), Some("10.0.0.3:8000"));
+    assert_eq!(get(&set, CONFORMANCE_EPP_POOL), Some("default/pool-a"));
+
+    // No envoy.lb metadata at all, or the namespace without the key: the reason is reported.
+    let mut s = state_cfg(&p, conformance());
+    feed(&mut s, post("/v1/completions"));
+    feed(&mut s, body(BODY, true));
+    let set = verifier_headers(&mut s, resp_headers(&[(":status", "200")], false));
+    assert_eq!(get(&set, CONFORMANCE_SERVED_ENDPOINT), Some("fail: missing envoy lb metadata"));
+    let mut s = state_cfg(&p, conformance());
+    feed(&mut s, post("/v1/completions"));
+    feed(&mut s, body(BODY, true));
+    let m = with_metadata(resp_headers(&[(":status", "200")], false), "envoy.lb", "other", string_value("x"));
+    let set = verifier_headers(&mut s, m);
+    assert_eq!(get(&set, CONFORMANCE_SERVED_ENDPOINT), Some("fail: missing destination endpoint served metadata"));
+
+    // Off by default: no extra headers either way.
+    let mut s = state(&p);
+    feed(&mut s, post("/v1/completions"));
+    let out = feed(&mut s, body(BODY, true));
+    assert_eq!(get(&set_headers(request_headers_of(&out[0]).0), ECHO_SET_HEADER), None);
+    let out = feed(&mut s, resp_headers(&[(":status", "200")], false));
+    let Some(processing_response::Response::ResponseHeaders(h)) = &out[0].response else { panic!("{out:?}") };
+    assert!(h.response.is_none());
+}

@@ -143,15 +143,16 @@ struct Epp {
 }
 
 async fn epp(secure: bool, endpoints: &[SocketAddr]) -> Epp {
+    epp_with(secure, endpoints, StreamConfig::default()).await
+}
+
+async fn epp_with(secure: bool, endpoints: &[SocketAddr], stream: StreamConfig) -> Epp {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
     let metas = endpoints.iter().map(|a| EndpointMeta::from_addr(*a));
     let picker = Arc::new(TestPicker(FixedPicker::new(Arc::new(Datastore::with_endpoints(metas)), 1)));
-    let config = ServerConfig {
-        stream: StreamConfig::default(),
-        tls: TlsConfig { secure_serving: secure, ..Default::default() },
-        ..Default::default()
-    };
+    let config =
+        ServerConfig { stream, tls: TlsConfig { secure_serving: secure, ..Default::default() }, ..Default::default() };
     let (stop, rx) = oneshot::channel::<()>();
     let (p, h) = (picker.clone(), Health::new(true).await);
     tokio::spawn(async move {
@@ -381,6 +382,48 @@ async fn envoy_override_host_and_fail_open() {
         served.insert(r.served_by.unwrap());
     }
     assert_eq!(served.len(), 2, "round robin over both backends: {served:?}");
+}
+
+/// Conformance test mode through real Envoy: the steering header picks the replica, and the
+/// verifier headers reach the client. Plain Envoy does not write `x-gateway-destination-endpoint-served`
+/// into `envoy.lb` (gateways such as Istio do), so the served header names that reason.
+#[tokio::test]
+async fn envoy_conformance_test_mode() {
+    let Some(bin) = envoy_bin() else { return };
+    let backends = [backend().await, backend().await, backend().await];
+    let stream = StreamConfig {
+        test_endpoint_selection: true,
+        served_endpoint_verifier: true,
+        pool: Some("default/primary-inference-pool".into()),
+        ..Default::default()
+    };
+    let epp = epp_with(false, &backends, stream).await;
+    let envoy = start_envoy(&bin, "extproc-plaintext.yaml", &[("EPP_PORT", epp.port.to_string())]).await;
+    for b in backends.iter().rev() {
+        let ip_only = b.ip().to_string();
+        for selection in [b.to_string(), format!("10.9.9.9, {b}")] {
+            let req = Request::post(format!("http://127.0.0.1:{}/v1/completions", envoy.port))
+                .header("test-epp-endpoint-selection", &selection)
+                .body(Full::new(Bytes::from_static(COMPLETION)))
+                .unwrap();
+            let resp = http().request(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let h = resp.headers();
+            assert_eq!(h["x-served-by"].to_str().unwrap(), b.to_string(), "steered by {selection}");
+            assert_eq!(h["x-conformance-test-selected-endpoint"].to_str().unwrap(), b.to_string());
+            assert_eq!(h["x-conformance-test-epp-pool"].to_str().unwrap(), "default/primary-inference-pool");
+            assert_eq!(
+                h["x-conformance-test-served-endpoint"].to_str().unwrap(),
+                "fail: missing destination endpoint served metadata"
+            );
+        }
+        // A bare IP admits every port of that host: all three loopback backends.
+        let r = send(&envoy, "POST", "/v1/completions", &[("test-epp-endpoint-selection", &ip_only)], COMPLETION).await;
+        assert_eq!(r.status, 200);
+    }
+    let r = send(&envoy, "POST", "/v1/completions", &[("test-epp-endpoint-selection", "10.9.9.9")], COMPLETION).await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    wait_idle(&epp.picker).await;
 }
 
 /// The whole picture: real Envoy → `Lifecycle<Director>` (the `igw` policy, as `igw epp` runs

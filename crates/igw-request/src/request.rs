@@ -214,7 +214,7 @@ pub fn candidates<'a>(
 ) -> Result<Cow<'a, [Arc<Endpoint>]>, RequestError> {
     let eps: Cow<'a, [Arc<Endpoint>]> = match subset {
         None => Cow::Borrowed(&snapshot.endpoints),
-        Some(s) => Cow::Owned(snapshot.endpoints.iter().filter(|e| s.allows(e.address())).cloned().collect()),
+        Some(s) => Cow::Owned(snapshot.endpoints.iter().filter(|e| s.admits(e.address())).cloned().collect()),
     };
     if eps.is_empty() {
         return Err(RequestError::service_unavailable(MSG_NO_CANDIDATES));

@@ -12,6 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EndpointSubset {
     entries: Vec<(IpAddr, Option<u16>)>,
+    exact: bool,
 }
 
 impl EndpointSubset {
@@ -19,7 +20,25 @@ impl EndpointSubset {
     /// are not an address are ignored.
     pub fn from_list<'a>(items: impl IntoIterator<Item = &'a str>) -> Self {
         let entries = items.into_iter().flat_map(|s| s.split(',')).filter_map(parse_entry).collect();
-        EndpointSubset { entries }
+        EndpointSubset { entries, exact: false }
+    }
+
+    /// Parses the conformance steering header `test-epp-endpoint-selection`: like
+    /// [`from_comma_separated`](Self::from_comma_separated), but an entry with a port selects that
+    /// rank only ([`admits`](Self::admits) matches exactly).
+    pub fn steering(s: &str) -> Self {
+        EndpointSubset { exact: true, ..Self::from_comma_separated(s) }
+    }
+
+    /// A subset of exactly these addresses.
+    pub fn of_addresses(addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
+        EndpointSubset { entries: addrs.into_iter().map(|a| (a.ip(), Some(a.port()))).collect(), exact: true }
+    }
+
+    /// Whether `addr` is eligible: [`allows_exact`](Self::allows_exact) for a steering subset,
+    /// [`allows`](Self::allows) (IP only) for a gateway subset hint.
+    pub fn admits(&self, addr: SocketAddr) -> bool {
+        if self.exact { self.allows_exact(addr) } else { self.allows(addr) }
     }
 
     /// Parses one comma-separated string.
@@ -85,6 +104,18 @@ mod tests {
         assert!(s.allows_exact(sa("[fd00::2]:1")) && s.allows_exact(sa("[fd00::3]:1")));
         assert!(s.allows_exact(sa("10.0.0.9:1234")));
         assert!(!s.allows(sa("10.0.0.2:8000")));
+    }
+
+    #[test]
+    fn steering_matches_ranks_exactly() {
+        let s = EndpointSubset::steering("10.0.0.1:8000, 10.0.0.2");
+        assert!(s.admits(sa("10.0.0.1:8000")));
+        assert!(!s.admits(sa("10.0.0.1:8001")), "a port names one rank");
+        assert!(s.admits(sa("10.0.0.2:9")), "a bare IP admits every rank");
+        let hint = EndpointSubset::from_comma_separated("10.0.0.1:8000");
+        assert!(hint.admits(sa("10.0.0.1:8001")), "gateway hints match by IP, as upstream");
+        let only = EndpointSubset::of_addresses([sa("10.0.0.3:1")]);
+        assert!(only.admits(sa("10.0.0.3:1")) && !only.admits(sa("10.0.0.3:2")));
     }
 
     #[test]

@@ -40,6 +40,10 @@ pub const ACCEPTED_TYPES: &[&str] = &[
     "single-profile-handler",
     "concurrency-detector",
     "request-attribute-reporter",
+    // Conformance test plugins: they configure the ext_proc adapter (steering header, served
+    // endpoint verifier), not the scheduler; see [`EndpointPickerConfig::has_plugin_type`].
+    "header-based-testing-filter",
+    "destination-endpoint-served-verifier",
 ];
 
 /// A decode or validation error, with the line it refers to when known.
@@ -328,6 +332,11 @@ fn build(p: &Spanned<PluginSpec>, name: &str) -> Result<Built, ConfigError> {
 }
 
 impl EndpointPickerConfig {
+    /// True if a plugin of type `kind` is declared (e.g. `header-based-testing-filter`).
+    pub fn has_plugin_type(&self, kind: &str) -> bool {
+        self.plugins.iter().any(|p| p.value.kind == kind)
+    }
+
     /// Decodes a file's text strictly (unknown fields are errors, with their location).
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let cfg: EndpointPickerConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError::Decode(e.to_string()))?;
@@ -503,5 +512,15 @@ mod tests {
         // No profile: every scorer joins `default` with weight 1.
         let s = scheduler_from_yaml("plugins:\n- type: queue-scorer\n- type: lora-affinity-scorer\n").unwrap();
         assert_eq!(s.scorer_weights(), vec![("queue-scorer", 1.0), ("lora-affinity-scorer", 1.0)]);
+    }
+
+    #[test]
+    fn conformance_plugins_are_visible_to_the_adapter() {
+        let text = "plugins:\n- type: header-based-testing-filter\n- type: destination-endpoint-served-verifier\n- type: queue-scorer\n";
+        let cfg = EndpointPickerConfig::parse(text).unwrap();
+        assert!(cfg.has_plugin_type("header-based-testing-filter"));
+        assert!(cfg.has_plugin_type("destination-endpoint-served-verifier"));
+        assert!(!EndpointPickerConfig::parse(DEFAULT_CONFIG).unwrap().has_plugin_type("header-based-testing-filter"));
+        assert_eq!(cfg.build("t").unwrap().scorer_weights(), vec![("queue-scorer", 1.0)]);
     }
 }

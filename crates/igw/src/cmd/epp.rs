@@ -96,6 +96,12 @@ pub struct EppArgs {
     /// Deprecated upstream flag: setting it is an error.
     #[arg(long, hide = true)]
     pub cache_info_metric: Option<String>,
+    /// Conformance test mode: honour the `test-epp-endpoint-selection` request header and report
+    /// `x-conformance-test-served-endpoint` on responses (as upstream's test plugins
+    /// `header-based-testing-filter` and `destination-endpoint-served-verifier`, which also turn it
+    /// on from the config file). Never in production: clients could steer their own requests.
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub conformance_test_mode: bool,
     /// Log verbosity (2 default, 3 verbose, 4 debug, 5 trace).
     #[arg(short = 'v', long = "v", default_value_t = 2)]
     pub verbosity: u8,
@@ -149,15 +155,27 @@ async fn serve(args: EppArgs) -> anyhow::Result<()> {
         EngineRegistry::builtin(),
     );
     let follower = scraper.follow(datastore.clone());
-    let picker = match (&args.config_file, &args.config_text) {
-        (Some(path), _) => super::picker::from_config(
-            &datastore,
-            &std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
-        )
-        .with_context(|| format!("--config-file {}", path.display()))?,
-        (None, Some(text)) => super::picker::from_config(&datastore, text).context("--config-text")?,
-        (None, None) => super::picker::build(&datastore, &args.policy)?,
+    let config_text = match (&args.config_file, &args.config_text) {
+        (Some(path), _) => Some((
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+            format!("--config-file {}", path.display()),
+        )),
+        (None, Some(text)) => Some((text.clone(), "--config-text".to_string())),
+        (None, None) => None,
     };
+    let (picker, epp_config) = match &config_text {
+        Some((text, origin)) => (
+            super::picker::from_config(&datastore, text).with_context(|| origin.clone())?,
+            Some(igw_sched::config::EndpointPickerConfig::parse(text).with_context(|| origin.clone())?),
+        ),
+        None => (super::picker::build(&datastore, &args.policy)?, None),
+    };
+    let has_plugin = |kind: &str| epp_config.as_ref().is_some_and(|c| c.has_plugin_type(kind));
+    let test_endpoint_selection = args.conformance_test_mode || has_plugin("header-based-testing-filter");
+    let served_endpoint_verifier = args.conformance_test_mode || has_plugin("destination-endpoint-served-verifier");
+    if test_endpoint_selection || served_endpoint_verifier {
+        tracing::warn!("conformance test mode: requests may steer their own pick with test-epp-endpoint-selection");
+    }
     let request_metrics = picker.metrics().clone();
     let lifecycle = Arc::new(Lifecycle::new(picker, args.max_endpoints));
 
@@ -175,6 +193,9 @@ async fn serve(args: EppArgs) -> anyhow::Result<()> {
         stream: StreamConfig {
             max_endpoints: args.max_endpoints.max(1),
             disable_subset_filter: args.disable_endpoint_subset_filter,
+            test_endpoint_selection,
+            served_endpoint_verifier,
+            pool: (!args.pool_name.is_empty()).then(|| format!("{}/{}", args.pool_namespace, args.pool_name)),
             ..StreamConfig::default()
         },
         tls: TlsConfig {
