@@ -76,6 +76,11 @@ impl Snapshot {
     pub fn rewrite_rule(&self, model: &str) -> Option<&RewriteRule> {
         find_rewrite_rule(&self.rewrites, model)
     }
+
+    /// The rewrite rule that applies to `model` and the InferenceModelRewrite it belongs to.
+    pub fn rewrite_for(&self, model: &str) -> Option<(&ObjectRef, &RewriteRule)> {
+        crate::objective::find_rewrite(&self.rewrites, model)
+    }
 }
 
 #[derive(Default)]

@@ -114,10 +114,16 @@ impl ModelRewrite {
 /// Finds the rule that applies to `model` among `rewrites`: exact matches before generic rules,
 /// and within each class the oldest object first (then by name), first matching rule within it.
 pub fn find_rewrite_rule<'a>(rewrites: &'a [ModelRewrite], model: &str) -> Option<&'a RewriteRule> {
+    find_rewrite(rewrites, model).map(|(_, rule)| rule)
+}
+
+/// Like [`find_rewrite_rule`], also naming the InferenceModelRewrite the rule belongs to.
+pub fn find_rewrite<'a>(rewrites: &'a [ModelRewrite], model: &str) -> Option<(&'a ObjectRef, &'a RewriteRule)> {
     let mut ordered: Vec<&ModelRewrite> = rewrites.iter().collect();
     ordered.sort_by(|a, b| a.created_unix.cmp(&b.created_unix).then_with(|| a.id.cmp(&b.id)));
-    let exact = ordered.iter().flat_map(|rw| rw.rules.iter()).find(|r| r.matches.iter().any(|m| m == model));
-    exact.or_else(|| ordered.iter().flat_map(|rw| rw.rules.iter()).find(|r| r.is_generic()))
+    let rules = || ordered.iter().flat_map(|rw| rw.rules.iter().map(move |r| (&rw.id, r)));
+    let exact = rules().find(|(_, r)| r.matches.iter().any(|m| m == model));
+    exact.or_else(|| rules().find(|(_, r)| r.is_generic()))
 }
 
 #[cfg(test)]

@@ -105,9 +105,26 @@ impl Picker for Director {
                     ],
                     1.0,
                 );
-                let mut l = model_labels(&req.model, &req.target_model);
+                let labels = model_labels(&req.model, &req.target_model);
+                let mut l = labels.clone();
                 l.insert(1, ("priority", req.priority.to_string()));
                 self.metrics.request_total.add(l, 1.0);
+                self.metrics.request_sizes.observe(labels, prepared.body.len() as f64);
+                if let Some(name) = &prepared.rewrite.rule_name {
+                    self.metrics.model_rewrite_decisions.add(
+                        vec![
+                            ("model_name", req.model.clone()),
+                            ("model_rewrite_name", name.clone()),
+                            ("target_model", req.target_model.clone()),
+                        ],
+                        1.0,
+                    );
+                }
+                if let (Some(ratio), Some(index)) = (decision.prefix_hit_ratio(), self.scheduler.prefix_index()) {
+                    self.metrics.prefix_hit_ratio.observe(Vec::new(), ratio);
+                    let bytes = f64::from(decision.prefix_matched_blocks) * index.config().chars_per_block() as f64;
+                    self.metrics.prefix_hit_bytes.observe(Vec::new(), bytes);
+                }
                 let endpoints = decision.endpoints.clone();
                 let state =
                     Routed { decision, model: req.model.clone(), target_model: req.target_model.clone(), started: now };
@@ -141,6 +158,9 @@ impl Picker for Director {
     fn dispatched(&self, state: &Routed, endpoint: &Arc<Endpoint>, _now: Instant) {
         self.scheduler.on_routed(&state.decision, endpoint);
         self.metrics.running_requests.add(vec![("model_name", state.model.clone())], 1.0);
+        if let Some(index) = self.scheduler.prefix_index() {
+            self.metrics.prefix_indexer_size.set(Vec::new(), index.len() as f64);
+        }
     }
 
     fn finished(&self, state: &Routed, endpoint: &Arc<Endpoint>, summary: Option<&ResponseSummary>, now: Instant) {
@@ -151,7 +171,11 @@ impl Picker for Director {
         match summary {
             Some(s) if !s.model_server_error => {
                 self.metrics.request_duration.observe(labels.clone(), secs);
+                self.metrics.response_sizes.observe(labels.clone(), s.response_bytes as f64);
                 if let Some(u) = s.usage {
+                    if u.cached_tokens > 0 {
+                        self.metrics.prompt_cached_tokens.observe(labels.clone(), u.cached_tokens as f64);
+                    }
                     if u.prompt_tokens > 0 {
                         self.metrics.input_tokens.observe(labels.clone(), u.prompt_tokens as f64);
                     }
@@ -215,6 +239,85 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("inference_extension_scheduler_attempts_total{namespace=\"default\""));
+    }
+
+    #[test]
+    fn records_sizes_prefix_hits_and_rewrite_decisions() {
+        let ds = Arc::new(Datastore::with_endpoints([EndpointMeta::parse_addr("10.0.0.1:8000").unwrap()]));
+        ds.apply_rewrite(igw_core::ModelRewrite {
+            id: igw_core::ObjectRef::new("default", "canary"),
+            created_unix: 1,
+            rules: vec![igw_core::RewriteRule {
+                matches: vec!["m".into()],
+                targets: vec![igw_core::TargetModel { model: "m-v2".into(), weight: 1 }],
+            }],
+        })
+        .unwrap();
+        let d = Director::new(ds.clone(), Arc::new(Scheduler::from_policy("igw").unwrap()), 1);
+        let now = Instant::from_millis(5);
+        let s = ds.snapshot();
+        let p = prepared(&ds, None);
+        assert_eq!(p.request.target_model, "m-v2");
+        for _ in 0..2 {
+            let dec = d.decide(&p, &s.endpoints, 1, now).unwrap();
+            d.dispatched(&dec.state, &dec.endpoints[0], now);
+            let summary = ResponseSummary {
+                response_bytes: 300,
+                usage: Some(crate::usage::Usage {
+                    prompt_tokens: 4,
+                    completion_tokens: 2,
+                    total_tokens: 6,
+                    cached_tokens: 3,
+                }),
+                ..Default::default()
+            };
+            d.finished(&dec.state, &dec.endpoints[0], Some(&summary), now);
+        }
+        let mut out = String::new();
+        d.metrics().render(&mut out);
+        let has = |line: &str| assert!(out.contains(line), "missing {line:?} in\n{out}");
+        let m = "model_name=\"m\",target_model_name=\"m-v2\"";
+        has(&format!("inference_objective_request_sizes_bucket{{{m},le=\"64\"}} 2"));
+        has(&format!("inference_objective_response_sizes_bucket{{{m},le=\"512\"}} 2"));
+        has(&format!("inference_objective_response_sizes_bucket{{{m},le=\"256\"}} 0"));
+        has(&format!("inference_objective_prompt_cached_tokens_count{{{m}}} 2"));
+        has(
+            "inference_extension_model_rewrite_decisions_total{model_name=\"m\",model_rewrite_name=\"canary\",target_model=\"m-v2\"} 2",
+        );
+        has("inference_extension_info{build_ref=\"");
+        // The prompt is shorter than a block: nothing to hash, so no hit is recorded.
+        assert!(!out.contains("inference_extension_prefix_indexer_hit_ratio_count"), "{out}");
+    }
+
+    #[test]
+    fn prefix_hits_are_recorded_for_the_pick() {
+        let ds = Arc::new(Datastore::with_endpoints([EndpointMeta::parse_addr("10.0.0.1:8000").unwrap()]));
+        let d = Director::new(ds.clone(), Arc::new(Scheduler::from_policy("igw").unwrap()), 1);
+        let now = Instant::from_millis(5);
+        let s = ds.snapshot();
+        let body = format!(r#"{{"model":"m","prompt":"{}"}}"#, "a long shared system prompt. ".repeat(20));
+        let Prepared::Inference(p) = build_request(
+            Some("/v1/completions"),
+            Vec::<(&str, &str)>::new(),
+            Some(Bytes::from(body)),
+            &s,
+            Draws::default(),
+        )
+        .unwrap() else {
+            panic!("inference expected")
+        };
+        for _ in 0..2 {
+            let dec = d.decide(&p, &s.endpoints, 1, now).unwrap();
+            d.dispatched(&dec.state, &dec.endpoints[0], now);
+            d.finished(&dec.state, &dec.endpoints[0], None, now);
+        }
+        let mut out = String::new();
+        d.metrics().render(&mut out);
+        // First request: a miss (ratio 0); second: the whole prompt (ratio 1, 10 blocks of 64 bytes).
+        assert!(out.contains("inference_extension_prefix_indexer_hit_ratio_bucket{le=\"0\"} 1\n"), "{out}");
+        assert!(out.contains("inference_extension_prefix_indexer_hit_ratio_count 2\n"), "{out}");
+        assert!(out.contains("inference_extension_prefix_indexer_hit_bytes_sum 640\n"), "{out}");
+        assert!(out.contains("inference_extension_prefix_indexer_size 10\n"), "{out}");
     }
 
     #[test]

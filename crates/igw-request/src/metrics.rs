@@ -23,6 +23,43 @@ pub const TOKEN_BUCKETS: &[f64] = &[
     131072.0, 262144.0, 524288.0, 1048576.0,
 ];
 
+/// Buckets of the request size histogram (bytes): 64 B to 1 GiB in powers of two.
+pub const REQUEST_SIZE_BUCKETS: &[f64] = &[
+    64.0,
+    128.0,
+    256.0,
+    512.0,
+    1024.0,
+    2048.0,
+    4096.0,
+    8192.0,
+    16384.0,
+    32768.0,
+    65536.0,
+    131072.0,
+    262144.0,
+    524288.0,
+    1048576.0,
+    2097152.0,
+    4194304.0,
+    8388608.0,
+    16777216.0,
+    33554432.0,
+    67108864.0,
+    134217728.0,
+    268435456.0,
+    536870912.0,
+    1073741824.0,
+];
+/// Buckets of the response size histogram (bytes), upstream's list as it is (32778 included).
+pub const RESPONSE_SIZE_BUCKETS: &[f64] =
+    &[1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 32778.0, 65536.0];
+/// Buckets of the prefix hit ratio histogram.
+pub const HIT_RATIO_BUCKETS: &[f64] = &[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
+/// Buckets of the prefix hit length histogram (bytes).
+pub const HIT_BYTES_BUCKETS: &[f64] =
+    &[0.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 32768.0, 65536.0];
+
 type Labels = Vec<(&'static str, String)>;
 
 #[derive(Clone, Debug)]
@@ -110,6 +147,11 @@ impl ValueFamily {
         *self.series.lock().entry(labels).or_insert(0.0) += delta;
     }
 
+    /// Sets the value under `labels` (gauges).
+    pub fn set(&self, labels: Labels, value: f64) {
+        self.series.lock().insert(labels, value);
+    }
+
     /// The current value under `labels` (0 if never set).
     pub fn get(&self, labels: &Labels) -> f64 {
         self.series.lock().get(labels).copied().unwrap_or(0.0)
@@ -163,6 +205,22 @@ pub struct RequestMetrics {
     pub scheduler_e2e: HistogramFamily,
     /// `inference_extension_scheduler_attempts_total` {status, target_model_name, pod_name, namespace, port}.
     pub scheduler_attempts: ValueFamily,
+    /// `inference_objective_request_sizes` {model_name, target_model_name}: bytes forwarded.
+    pub request_sizes: HistogramFamily,
+    /// `inference_objective_response_sizes` {model_name, target_model_name}: response body bytes.
+    pub response_sizes: HistogramFamily,
+    /// `inference_objective_prompt_cached_tokens` {model_name, target_model_name}.
+    pub prompt_cached_tokens: HistogramFamily,
+    /// `inference_extension_info` {commit, build_ref} = 1.
+    pub info: ValueFamily,
+    /// `inference_extension_prefix_indexer_size`: entries in the prefix index.
+    pub prefix_indexer_size: ValueFamily,
+    /// `inference_extension_prefix_indexer_hit_ratio`: matched / looked-up blocks of the pick.
+    pub prefix_hit_ratio: HistogramFamily,
+    /// `inference_extension_prefix_indexer_hit_bytes`: matched prefix length of the pick.
+    pub prefix_hit_bytes: HistogramFamily,
+    /// `inference_extension_model_rewrite_decisions_total` {model_rewrite_name, model_name, target_model}.
+    pub model_rewrite_decisions: ValueFamily,
 }
 
 impl Default for RequestMetrics {
@@ -216,6 +274,45 @@ impl RequestMetrics {
                 "inference_extension_scheduler_attempts_total",
                 "Total number of scheduling attempts.",
             ),
+            request_sizes: HistogramFamily::new(
+                "inference_objective_request_sizes",
+                "Inference objective requests size distribution in bytes for each model and target model.",
+                REQUEST_SIZE_BUCKETS,
+            ),
+            response_sizes: HistogramFamily::new(
+                "inference_objective_response_sizes",
+                "Inference objective responses size distribution in bytes for each model and target model.",
+                RESPONSE_SIZE_BUCKETS,
+            ),
+            prompt_cached_tokens: HistogramFamily::new(
+                "inference_objective_prompt_cached_tokens",
+                "Inference objective prompt cached token count distribution for requests in each model.",
+                TOKEN_BUCKETS,
+            ),
+            info: {
+                let info = ValueFamily::gauge("inference_extension_info", "General information of the current build.");
+                let commit = option_env!("IGW_GIT_COMMIT").unwrap_or("unknown").to_string();
+                info.set(vec![("build_ref", env!("CARGO_PKG_VERSION").to_string()), ("commit", commit)], 1.0);
+                info
+            },
+            prefix_indexer_size: ValueFamily::gauge(
+                "inference_extension_prefix_indexer_size",
+                "Size of the prefix indexer (entries).",
+            ),
+            prefix_hit_ratio: HistogramFamily::new(
+                "inference_extension_prefix_indexer_hit_ratio",
+                "Ratio of the prompt's prefix found cached on the chosen endpoint.",
+                HIT_RATIO_BUCKETS,
+            ),
+            prefix_hit_bytes: HistogramFamily::new(
+                "inference_extension_prefix_indexer_hit_bytes",
+                "Length of the prompt's prefix found cached on the chosen endpoint, in bytes.",
+                HIT_BYTES_BUCKETS,
+            ),
+            model_rewrite_decisions: ValueFamily::counter(
+                "inference_extension_model_rewrite_decisions_total",
+                "Total number of model rewrite decisions.",
+            ),
         }
     }
 
@@ -230,6 +327,14 @@ impl RequestMetrics {
         self.running_requests.render(out);
         self.scheduler_e2e.render(out);
         self.scheduler_attempts.render(out);
+        self.request_sizes.render(out);
+        self.response_sizes.render(out);
+        self.prompt_cached_tokens.render(out);
+        self.info.render(out);
+        self.prefix_indexer_size.render(out);
+        self.prefix_hit_ratio.render(out);
+        self.prefix_hit_bytes.render(out);
+        self.model_rewrite_decisions.render(out);
     }
 }
 

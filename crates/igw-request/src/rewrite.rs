@@ -34,6 +34,8 @@ pub struct ModelRewriteDecision {
     pub target: String,
     /// Where `target` came from.
     pub source: RewriteSource,
+    /// The InferenceModelRewrite whose rule decided, when one did.
+    pub rule_name: Option<String>,
 }
 
 impl ModelRewriteDecision {
@@ -57,11 +59,13 @@ pub fn resolve_target_model(
         Some(h) => (h.to_string(), RewriteSource::Header),
         None => (incoming.to_string(), RewriteSource::Unchanged),
     };
-    if let Some(picked) = snapshot.rewrite_rule(incoming).and_then(|rule| rule.pick(draw)) {
+    let mut rule_name = None;
+    if let Some((id, picked)) = snapshot.rewrite_for(incoming).and_then(|(id, rule)| Some((id, rule.pick(draw)?))) {
         target = picked.model.clone();
         source = RewriteSource::Rule;
+        rule_name = Some(id.name.clone());
     }
-    ModelRewriteDecision { incoming: incoming.to_string(), target, source }
+    ModelRewriteDecision { incoming: incoming.to_string(), target, source, rule_name }
 }
 
 /// Sets `model` to `target` in a parsed body and serialises it. Every other field is kept.

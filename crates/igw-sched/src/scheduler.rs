@@ -51,6 +51,18 @@ pub struct Decision {
     pub prefix_hashes: Vec<u64>,
     /// Estimated tokens of work, added to and later released from the in-flight load.
     pub tokens: u64,
+    /// Prefix blocks of the prompt that were looked up (0 when prefix scoring is off).
+    pub prefix_blocks: usize,
+    /// Of those, the blocks the index holds for the primary endpoint (its cache hit).
+    pub prefix_matched_blocks: u32,
+}
+
+impl Decision {
+    /// The primary endpoint's prefix hit as a fraction of the prompt's blocks, when prefix
+    /// scoring is on.
+    pub fn prefix_hit_ratio(&self) -> Option<f64> {
+        (self.prefix_blocks > 0).then(|| f64::from(self.prefix_matched_blocks) / self.prefix_blocks as f64)
+    }
 }
 
 /// A configured scheduler. Cheap to share (`Arc`); decisions take no lock except the prefix
@@ -228,7 +240,7 @@ impl Scheduler {
             }
             Picker::MaxScore => Some(self.score(req, &cands, matched.as_ref())),
         };
-        let (endpoints, scores) = match order {
+        let (endpoints, scores): (Vec<Arc<Endpoint>>, Vec<f64>) = match order {
             None => (cands.iter().take(max).map(|c| c.endpoint.clone()).collect(), vec![0.0; max]),
             Some(totals) => {
                 let mut idx: Vec<usize> = (0..cands.len()).collect();
@@ -238,7 +250,15 @@ impl Scheduler {
                 (idx.iter().map(|&i| cands[i].endpoint.clone()).collect(), idx.iter().map(|&i| totals[i]).collect())
             }
         };
-        Ok(Decision { endpoints, scores, prefix_hashes: hashes, tokens })
+        let prefix_matched_blocks = matched.as_ref().map_or(0, |m| m.matched(endpoints[0].id()));
+        Ok(Decision {
+            endpoints,
+            scores,
+            prefix_blocks: hashes.len(),
+            prefix_hashes: hashes,
+            tokens,
+            prefix_matched_blocks,
+        })
     }
 
     fn score(&self, req: &InferenceRequest, cands: &[Candidate], prefix: Option<&PrefixMatch>) -> Vec<f64> {
