@@ -10,6 +10,7 @@
 //! `envoy.lb` metadata with the identical string, 62,000-byte streamed chunks, errors as
 //! `ImmediateResponse` with `inference error: <Code> - <msg>`.
 
+pub mod bbr;
 mod conn;
 pub mod health;
 pub mod lifecycle;

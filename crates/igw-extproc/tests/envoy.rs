@@ -426,6 +426,48 @@ async fn envoy_conformance_test_mode() {
     wait_idle(&epp.picker).await;
 }
 
+/// `igw bbr` in front of routing: real Envoy routes on the headers BBR derives from the body.
+#[tokio::test]
+async fn envoy_body_based_routing() {
+    use igw_extproc::bbr::{BaseModels, BbrConfig, serve_bbr};
+    let Some(bin) = envoy_bin() else { return };
+    let (b1, b2) = (backend().await, backend().await);
+    let mut base_models = BaseModels::default();
+    base_models.add("Qwen/Qwen3-32B", ["food-review-1"]);
+    let config = Arc::new(BbrConfig { base_models, ..Default::default() });
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (stop, rx) = oneshot::channel::<()>();
+    let (cfg, health) = (config.clone(), Health::new(true).await);
+    tokio::spawn(async move {
+        let tls = TlsConfig { secure_serving: false, ..Default::default() };
+        let shutdown = async move {
+            let _ = rx.await;
+        };
+        serve_bbr(cfg, &tls, Listeners { ext_proc: l, health: None }, health, shutdown).await.unwrap();
+    });
+    let vars = [
+        ("BBR_PORT", port.to_string()),
+        ("BACKEND_1_PORT", b1.port().to_string()),
+        ("BACKEND_2_PORT", b2.port().to_string()),
+    ];
+    let envoy = start_envoy(&bin, "bbr.yaml", &vars).await;
+    let chat = |model: &str| format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+    for (model, backend) in [("meta-llama/Llama-3.1-8B-Instruct", b1), ("food-review-1", b2), ("Qwen/Qwen3-32B", b2)] {
+        let body = chat(model);
+        let r = send(&envoy, "POST", "/v1/chat/completions", &[], body.as_bytes()).await;
+        assert_eq!(r.status, 200, "{model}: {:?}", r.body);
+        assert_eq!(r.served_by, Some(backend.to_string()), "{model}");
+        assert_eq!(json(&r)["body_len"].as_u64(), Some(body.len() as u64), "body forwarded whole");
+    }
+    let r = send(&envoy, "POST", "/v1/chat/completions", &[], chat("unknown-model").as_bytes()).await;
+    assert_eq!(r.status, 404);
+    let r = send(&envoy, "POST", "/v1/chat/completions", &[], b"{not json").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(config.metrics.success.get(&Vec::new()), 4.0);
+    drop(stop);
+}
+
 /// The whole picture: real Envoy → `Lifecycle<Director>` (the `igw` policy, as `igw epp` runs
 /// it) → a fleet of simulated vLLM replicas. Every check names the replica that served.
 #[tokio::test]

@@ -104,7 +104,8 @@ impl HistogramFamily {
         h.count += 1;
     }
 
-    fn render(&self, out: &mut String) {
+    /// Appends the family in the Prometheus text format.
+    pub fn render(&self, out: &mut String) {
         let s = self.series.lock();
         let _ = writeln!(out, "# HELP {} [ALPHA] {}", self.name, self.help);
         let _ = writeln!(out, "# TYPE {} histogram", self.name);
@@ -157,7 +158,8 @@ impl ValueFamily {
         self.series.lock().get(labels).copied().unwrap_or(0.0)
     }
 
-    fn render(&self, out: &mut String) {
+    /// Appends the family in the Prometheus text format.
+    pub fn render(&self, out: &mut String) {
         let s = self.series.lock();
         let _ = writeln!(out, "# HELP {} [ALPHA] {}", self.name, self.help);
         let _ = writeln!(out, "# TYPE {} {}", self.name, self.kind);

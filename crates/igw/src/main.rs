@@ -20,7 +20,7 @@ enum Command {
     /// Endpoint Picker for Envoy-based gateways (ext_proc gRPC).
     Epp(Box<cmd::epp::EppArgs>),
     /// Body-Based Router ext_proc (sets X-Gateway-Model-Name from the body).
-    Bbr(cmd::NotBuilt),
+    Bbr(Box<cmd::bbr::BbrArgs>),
     /// Simulated vLLM model servers on loopback.
     Sim(cmd::sim::SimArgs),
     /// Benchmarks.
@@ -48,7 +48,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => cmd::serve::run(args),
         Command::Epp(args) => cmd::epp::run(*args),
-        Command::Bbr(_) => cmd::not_built("bbr", "the Body-Based Router"),
+        Command::Bbr(args) => cmd::bbr::run(*args),
         Command::Crds(_) => cmd::not_built("crds", "the CRD printer"),
         Command::Manifests(_) => cmd::not_built("manifests", "the Kubernetes install generator"),
         Command::Sim(args) => cmd::sim::run(args),

@@ -1,5 +1,6 @@
 //! Subcommands. Each file owns one subcommand's flags and wiring.
 
+pub mod bbr;
 pub mod bench;
 pub mod epp;
 pub mod picker;
