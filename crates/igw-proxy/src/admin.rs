@@ -77,79 +77,98 @@ impl Admin {
 
     /// The `inference_pool_*` gauges, computed over endpoints with fresh metrics.
     pub fn pool_metrics(&self, snap: &Snapshot) -> String {
-        let now = process_clock().now();
-        let fresh: Vec<_> =
-            snap.endpoints.iter().map(|e| (e, e.metrics())).filter(|(_, m)| !m.is_stale(now, self.staleness)).collect();
-        let n = fresh.len();
-        let avg = |f: &dyn Fn(&igw_core::EndpointMetrics) -> f64| {
-            if n == 0 { 0.0 } else { fresh.iter().map(|(_, m)| f(m)).sum::<f64>() / n as f64 }
-        };
-        let pool = escape_label(&self.pool_name);
-        let mut out = String::new();
-        let mut gauge = |name: &str, help: &str, value: f64| {
-            let _ = writeln!(out, "# HELP {name} [ALPHA] {help}");
-            let _ = writeln!(out, "# TYPE {name} gauge");
-            let _ = writeln!(out, "{name}{{name=\"{pool}\"}} {value}");
-        };
-        gauge(
-            "inference_pool_average_kv_cache_utilization",
-            "The average kv cache utilization for an inference server pool.",
-            avg(&|m| m.kv_usage),
-        );
-        gauge(
-            "inference_pool_average_queue_size",
-            "The average number of requests pending in the model server queue.",
-            avg(&|m| f64::from(m.waiting)),
-        );
-        gauge(
-            "inference_pool_average_running_requests",
-            "The average number of running requests across model servers in the pool.",
-            avg(&|m| f64::from(m.running)),
-        );
-        gauge("inference_pool_ready_pods", "The number of ready pods in the inference server pool.", n as f64);
-        let _ = writeln!(
-            out,
-            "# HELP inference_pool_per_pod_queue_size [ALPHA] The total number of requests pending in the model server queue for each underlying pod."
-        );
-        let _ = writeln!(out, "# TYPE inference_pool_per_pod_queue_size gauge");
-        for e in &snap.endpoints {
-            let _ = writeln!(
-                out,
-                "inference_pool_per_pod_queue_size{{model_server_pod=\"{}\",name=\"{pool}\"}} {}",
-                escape_label(&e.meta().name()),
-                e.metrics().waiting
-            );
-        }
-        out
+        pool_metrics(&self.pool_name, snap, self.staleness)
     }
 
     /// JSON: each endpoint's metrics, in-flight load and staleness.
     pub fn debug_endpoints(&self, snap: &Snapshot) -> String {
-        let now = process_clock().now();
-        let eps: Vec<serde_json::Value> = snap
-            .endpoints
-            .iter()
-            .map(|e| {
-                let m = e.metrics();
-                serde_json::json!({
-                    "id": e.id().0,
-                    "name": e.meta().name(),
-                    "address": e.address().to_string(),
-                    "waiting": m.waiting,
-                    "running": m.running,
-                    "kv_usage": m.kv_usage,
-                    "active_adapters": m.active_adapters,
-                    "waiting_adapters": m.waiting_adapters,
-                    "max_adapters": m.max_adapters,
-                    "cache_block_size": m.cache_block_size,
-                    "cache_num_blocks": m.cache_num_blocks,
-                    "metrics_age_ms": m.age(now).map(|a| a.as_secs_f64() * 1e3),
-                    "stale": m.is_stale(now, self.staleness),
-                    "in_flight_requests": e.in_flight().requests(),
-                    "in_flight_tokens": e.in_flight().tokens(),
-                })
-            })
-            .collect();
-        serde_json::json!({ "pool": self.pool_name, "generation": snap.generation, "endpoints": eps }).to_string()
+        serde_json::json!({
+            "pool": self.pool_name,
+            "generation": snap.generation,
+            "endpoints": endpoints_json(&self.pool_name, snap, self.staleness),
+        })
+        .to_string()
     }
+}
+
+/// The `inference_pool_*` gauges of one pool, computed over its endpoints with fresh metrics.
+pub fn pool_metrics(pool_name: &str, snap: &Snapshot, staleness: Duration) -> String {
+    let mut out = String::new();
+    write_pool_metrics(&mut out, pool_name, snap, staleness);
+    out
+}
+
+fn write_pool_metrics(out: &mut String, pool_name: &str, snap: &Snapshot, staleness: Duration) {
+    let now = process_clock().now();
+    let fresh: Vec<_> =
+        snap.endpoints.iter().map(|e| (e, e.metrics())).filter(|(_, m)| !m.is_stale(now, staleness)).collect();
+    let n = fresh.len();
+    let avg = |f: &dyn Fn(&igw_core::EndpointMetrics) -> f64| {
+        if n == 0 { 0.0 } else { fresh.iter().map(|(_, m)| f(m)).sum::<f64>() / n as f64 }
+    };
+    let pool = escape_label(pool_name);
+    let mut gauge = |name: &str, help: &str, value: f64| {
+        let _ = writeln!(out, "# HELP {name} [ALPHA] {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        let _ = writeln!(out, "{name}{{name=\"{pool}\"}} {value}");
+    };
+    gauge(
+        "inference_pool_average_kv_cache_utilization",
+        "The average kv cache utilization for an inference server pool.",
+        avg(&|m| m.kv_usage),
+    );
+    gauge(
+        "inference_pool_average_queue_size",
+        "The average number of requests pending in the model server queue.",
+        avg(&|m| f64::from(m.waiting)),
+    );
+    gauge(
+        "inference_pool_average_running_requests",
+        "The average number of running requests across model servers in the pool.",
+        avg(&|m| f64::from(m.running)),
+    );
+    gauge("inference_pool_ready_pods", "The number of ready pods in the inference server pool.", n as f64);
+    let _ = writeln!(
+        out,
+        "# HELP inference_pool_per_pod_queue_size [ALPHA] The total number of requests pending in the model server queue for each underlying pod."
+    );
+    let _ = writeln!(out, "# TYPE inference_pool_per_pod_queue_size gauge");
+    for e in &snap.endpoints {
+        let _ = writeln!(
+            out,
+            "inference_pool_per_pod_queue_size{{model_server_pod=\"{}\",name=\"{pool}\"}} {}",
+            escape_label(&e.meta().name()),
+            e.metrics().waiting
+        );
+    }
+}
+
+/// One JSON object per endpoint of `snap`: metrics, in-flight load, staleness, pool.
+pub fn endpoints_json(pool_name: &str, snap: &Snapshot, staleness: Duration) -> Vec<serde_json::Value> {
+    let now = process_clock().now();
+    snap.endpoints
+        .iter()
+        .map(|e| {
+            let m = e.metrics();
+            serde_json::json!({
+                "pool": pool_name,
+                "id": e.id().0,
+                "name": e.meta().name(),
+                "address": e.address().to_string(),
+                "engine": e.meta().engine_label(),
+                "waiting": m.waiting,
+                "running": m.running,
+                "kv_usage": m.kv_usage,
+                "active_adapters": m.active_adapters,
+                "waiting_adapters": m.waiting_adapters,
+                "max_adapters": m.max_adapters,
+                "cache_block_size": m.cache_block_size,
+                "cache_num_blocks": m.cache_num_blocks,
+                "metrics_age_ms": m.age(now).map(|a| a.as_secs_f64() * 1e3),
+                "stale": m.is_stale(now, staleness),
+                "in_flight_requests": e.in_flight().requests(),
+                "in_flight_tokens": e.in_flight().tokens(),
+            })
+        })
+        .collect()
 }

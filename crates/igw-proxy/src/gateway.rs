@@ -15,8 +15,11 @@ use igw_request::{
     headers, pick_random_endpoint,
 };
 
+use arc_swap::ArcSwap;
+
 use crate::body::{ObservedBody, Outcome, ResponseObserver};
 use crate::openai_error::error_response;
+use crate::routes::{RouteMatch, Routes, skim_model};
 use crate::upstream::{Upstream, UpstreamError};
 
 /// The body of every response the gateway sends.
@@ -47,8 +50,12 @@ impl Default for GatewayConfig {
 }
 
 /// The standalone gateway's request handler, generic over the picker.
+///
+/// It routes over a [`Routes`] table (one picker per pool) that [`Gateway::set_routes`] replaces
+/// atomically: a request loads the table once and finishes on it, so a reload never drops or
+/// re-routes a request already in flight.
 pub struct Gateway<P: Picker> {
-    picker: Arc<P>,
+    routes: ArcSwap<Routes<P>>,
     upstream: Upstream,
     config: GatewayConfig,
 }
@@ -78,15 +85,43 @@ pub fn is_inference_path(method: &Method, path: &str) -> bool {
         )
 }
 
+fn json_response(body: &serde_json::Value) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Left(Full::new(Bytes::from(body.to_string()))));
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn unknown_model(model: &str) -> Response<ProxyBody> {
+    let msg = format!("The model `{model}` does not exist or is not served by this gateway.");
+    let resp: Response<Full<Bytes>> = error_response(StatusCode::NOT_FOUND, &msg);
+    resp.map(Either::Left)
+}
+
 impl<P: Picker> Gateway<P> {
-    /// A gateway routing with `picker`.
+    /// A gateway routing every request with `picker` (one pool, any model).
     pub fn new(picker: Arc<P>, config: GatewayConfig) -> Self {
-        Gateway { picker, upstream: Upstream::new(), config }
+        Self::with_routes(Routes::single("default", picker), config)
     }
 
-    /// The picker.
-    pub fn picker(&self) -> &Arc<P> {
-        &self.picker
+    /// A gateway routing over several pools.
+    pub fn with_routes(routes: Routes<P>, config: GatewayConfig) -> Self {
+        Gateway { routes: ArcSwap::from_pointee(routes), upstream: Upstream::new(), config }
+    }
+
+    /// The default pool's picker.
+    pub fn picker(&self) -> Arc<P> {
+        self.routes.load().default_pool().picker.clone()
+    }
+
+    /// The routing table in force.
+    pub fn routes(&self) -> Arc<Routes<P>> {
+        self.routes.load_full()
+    }
+
+    /// Replaces the routing table; returns the previous one. Requests already routed finish on
+    /// the table they started with.
+    pub fn set_routes(&self, routes: Routes<P>) -> Arc<Routes<P>> {
+        self.routes.swap(Arc::new(routes))
     }
 
     /// Handles one client request. Never fails: errors become OpenAI-style JSON responses.
@@ -108,25 +143,43 @@ impl<P: Picker> Gateway<P> {
             }
         };
         let path = parts.uri.path().to_string();
+        let routes = self.routes.load_full();
         if !is_inference_path(&parts.method, &path) {
-            return Ok(self.passthrough(parts, body).await);
+            if routes.routes_by_model() && parts.method == Method::GET && path.trim_end_matches('/') == "/v1/models" {
+                return Ok(json_response(&routes.models_json()));
+            }
+            return Ok(self.passthrough(&routes.default_pool().picker, parts, body).await);
         }
-        let snapshot = self.picker.snapshot();
+        let pool = if routes.routes_by_model() {
+            match skim_model(&body) {
+                Some(model) => match routes.route(&model) {
+                    RouteMatch::Pool(p) => p.clone(),
+                    RouteMatch::UnknownModel => return Ok(unknown_model(&model)),
+                },
+                // Not a JSON object with a model: the full parse answers with the precise 400.
+                None => routes.default_pool().clone(),
+            }
+        } else {
+            routes.default_pool().clone()
+        };
+        drop(routes);
+        let picker = &pool.picker;
+        let snapshot = picker.snapshot();
         let header_list: Vec<(&str, &str)> =
             parts.headers.iter().filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v))).collect();
-        let draw = self.picker.draw();
-        let head = RequestHead::new(Some(&path), header_list, u128::from(draw) << 64 | u128::from(self.picker.draw()));
+        let draw = picker.draw();
+        let head = RequestHead::new(Some(&path), header_list, u128::from(draw) << 64 | u128::from(picker.draw()));
         let subset = head.subset_from_header();
         let prepared = match head.prepare(Some(body), &snapshot, draw) {
             Ok(Prepared::Inference(p)) => *p,
-            Ok(Prepared::NoBody(_)) => return Ok(self.passthrough(parts, Bytes::new()).await),
+            Ok(Prepared::NoBody(_)) => return Ok(self.passthrough(picker, parts, Bytes::new()).await),
             Err(e) => return Ok(err_response(&e)),
         };
         let cands = match candidates(&snapshot, subset.as_ref()) {
             Ok(c) => c,
             Err(e) => return Ok(err_response(&e)),
         };
-        let decision = match self.picker.decide(&prepared, &cands, self.config.max_attempts.max(1), now()) {
+        let decision = match picker.decide(&prepared, &cands, self.config.max_attempts.max(1), now()) {
             Ok(d) => d,
             Err(e) => return Ok(err_response(&e)),
         };
@@ -136,7 +189,7 @@ impl<P: Picker> Gateway<P> {
         for endpoint in &decision.endpoints {
             let mut up_parts = parts_clone(&parts);
             apply_mutations(&mut up_parts, &prepared);
-            self.picker.dispatched(&state, endpoint, now());
+            picker.dispatched(&state, endpoint, now());
             match self
                 .upstream
                 .send(endpoint.address(), up_parts, prepared.body.clone(), self.config.response_head_timeout)
@@ -144,13 +197,13 @@ impl<P: Picker> Gateway<P> {
             {
                 Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE => {
                     // Not served and nothing reached the client: release and try the next one.
-                    self.picker.finished(&state, endpoint, None, now());
+                    picker.finished(&state, endpoint, None, now());
                     tracing::debug!(endpoint = %endpoint.address(), "replica answered 503; trying the next candidate");
                     last_err = Some(format!("replica {} answered 503", endpoint.address()));
                 }
-                Ok(resp) => return Ok(self.stream_back(resp, &prepared, state, endpoint.clone())),
+                Ok(resp) => return Ok(Self::stream_back(picker, resp, &prepared, state, endpoint.clone())),
                 Err(e) => {
-                    self.picker.finished(&state, endpoint, None, now());
+                    picker.finished(&state, endpoint, None, now());
                     tracing::warn!(error = %e, "upstream attempt failed; trying the next candidate");
                     last_err = Some(e.to_string());
                 }
@@ -161,7 +214,7 @@ impl<P: Picker> Gateway<P> {
     }
 
     fn stream_back(
-        &self,
+        picker: &Arc<P>,
         resp: Response<Incoming>,
         prepared: &PreparedRequest,
         state: Arc<P::State>,
@@ -179,15 +232,15 @@ impl<P: Picker> Gateway<P> {
         if let Ok(v) = HeaderValue::from_str(&endpoint.address().to_string()) {
             parts.headers.insert(HeaderName::from_static(SERVED_HEADER), v);
         }
-        let observer = Accounting { picker: self.picker.clone(), state, endpoint, tracker, restorer };
+        let observer = Accounting { picker: picker.clone(), state, endpoint, tracker, restorer };
         Response::from_parts(parts, Either::Right(ObservedBody::new(body, Box::new(observer))))
     }
 
     /// Forwards a request that is not scheduled (other paths, body-less requests) to a random
     /// endpoint.
-    async fn passthrough(&self, parts: http::request::Parts, body: Bytes) -> Response<ProxyBody> {
-        let snapshot = self.picker.snapshot();
-        let endpoint = match pick_random_endpoint(&snapshot, self.picker.draw()) {
+    async fn passthrough(&self, picker: &Arc<P>, parts: http::request::Parts, body: Bytes) -> Response<ProxyBody> {
+        let snapshot = picker.snapshot();
+        let endpoint = match pick_random_endpoint(&snapshot, picker.draw()) {
             Ok(e) => e.clone(),
             Err(e) => return err_response(&RequestError::service_unavailable(e.message)),
         };

@@ -3,7 +3,10 @@
 
 pub mod admin;
 pub mod body;
+pub mod exposition;
 pub mod gateway;
 pub mod listener;
 pub mod openai_error;
+pub mod pools_admin;
+pub mod routes;
 pub mod upstream;

@@ -153,3 +153,72 @@ async fn h2c_prior_knowledge_is_served() {
     assert_eq!(v["usage"]["completion_tokens"], 2);
     h.fleet.shutdown().await;
 }
+
+#[tokio::test]
+async fn models_route_to_their_pool_unknown_models_get_404_and_routes_swap() {
+    use igw_proxy::routes::{PoolRoute, Routes};
+    let fleet = |model: &str| {
+        let mut cfg = FleetConfig::new(Profile::llama2_7b_h100());
+        cfg.time_scale = 0.01;
+        cfg.model = model.to_string();
+        Fleet::bind(cfg, 1, 0)
+    };
+    let (fa, fb) = (fleet("model-a").await.unwrap(), fleet("model-b").await.unwrap());
+    let pool = |name: &str, f: &Fleet, models: &[&str]| {
+        let ds = Arc::new(Datastore::with_endpoints(f.addrs().iter().map(|a| EndpointMeta::from_addr(*a))));
+        PoolRoute {
+            name: name.to_string(),
+            picker: Arc::new(RandomPicker::new(ds, 7)),
+            models: models.iter().map(|m| m.to_string()).collect(),
+        }
+    };
+    let routes = Routes::new(vec![pool("a", &fa, &["model-a"]), pool("b", &fb, &["model-b"])], 0, 1).unwrap();
+    let gw = Arc::new(Gateway::with_routes(routes, GatewayConfig::default()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (_tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let g = gw.clone();
+    tokio::spawn(igw_proxy::listener::serve(
+        listener,
+        move |req| g.clone().handle(req),
+        async {
+            let _ = rx.await;
+        },
+        Duration::from_secs(1),
+    ));
+    let served = |h: &http::HeaderMap| h[SERVED_HEADER].to_str().unwrap().parse::<SocketAddr>().unwrap();
+    let req = |m: &str| format!(r#"{{"model":"{m}","prompt":"hello","max_tokens":2,"ignore_eos":true}}"#);
+    for _ in 0..4 {
+        let (s, h, _) = post(&url, "/v1/completions", &req("model-b")).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(served(&h), fb.addrs()[0], "model-b is served by pool b");
+        let (s, h, _) = post(&url, "/v1/completions", &req("model-a")).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(served(&h), fa.addrs()[0]);
+    }
+    let (s, _, bytes) = post(&url, "/v1/completions", &req("gpt-17")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(v["error"]["type"], "not_found_error");
+    assert!(v["error"]["message"].as_str().unwrap().contains("gpt-17"), "{v}");
+
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let resp = client.get(format!("{url}/v1/models").parse().unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["data"][0]["id"], "model-a");
+    assert_eq!(v["data"][1]["owned_by"], "b");
+
+    // Swap: only pool b is left; model-a is no longer served.
+    let old = gw.set_routes(Routes::new(vec![pool("b", &fb, &["model-b"])], 0, 2).unwrap());
+    assert_eq!(old.generation(), 1);
+    let (s, _, bytes) = post(&url, "/v1/completions", &req("model-a")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(String::from_utf8_lossy(&bytes).contains("model-a"));
+    let (s, h, _) = post(&url, "/v1/completions", &req("model-b")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(served(&h), fb.addrs()[0]);
+    fa.shutdown().await;
+    fb.shutdown().await;
+}
