@@ -7,6 +7,8 @@ use clap::{Args, Subcommand};
 pub enum BenchCommand {
     /// Time one scheduling decision in-process, on one thread.
     Scheduler(SchedulerArgs),
+    /// Drive a real `igw epp` over gRPC as Envoy does: requests/s, pick round trip, memory.
+    Extproc(Box<super::bench_extproc::ExtprocArgs>),
 }
 
 /// Flags of `igw bench scheduler`.
@@ -35,6 +37,7 @@ pub struct SchedulerArgs {
 /// Runs a benchmark subcommand.
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
+        BenchCommand::Extproc(a) => super::bench_extproc::run(*a),
         BenchCommand::Scheduler(a) => {
             let opts = igw_sched::bench::BenchOptions {
                 policy: a.policy,
