@@ -365,7 +365,12 @@ impl Prompts {
 
 /// Offers `rps` for `duration`; returns the successful round trips, the error count and the
 /// window from the first send to the last completion.
-async fn drive(channels: &[Channel], prompts: &Prompts, rps: f64, duration: Duration) -> (Vec<Duration>, u64, Duration) {
+async fn drive(
+    channels: &[Channel],
+    prompts: &Prompts,
+    rps: f64,
+    duration: Duration,
+) -> (Vec<Duration>, u64, Duration) {
     let total = (rps * duration.as_secs_f64()).round() as u64;
     let (tx, mut rx) = mpsc::unbounded_channel::<Option<Duration>>();
     let start = tokio::time::Instant::now();
@@ -447,13 +452,11 @@ async fn one_stream(ch: Channel, body: Vec<u8>) -> anyhow::Result<Duration> {
         let r = inbound.message().await?.context("stream ended before the pick")?;
         match &r.response {
             Some(processing_response::Response::RequestHeaders(h)) => {
-                let dest = h
-                    .response
-                    .as_ref()
-                    .and_then(|c| c.header_mutation.as_ref())
-                    .is_some_and(|m| m.set_headers.iter().any(|o| {
-                        o.header.as_ref().is_some_and(|h| h.key == "x-gateway-destination-endpoint")
-                    }));
+                let dest = h.response.as_ref().and_then(|c| c.header_mutation.as_ref()).is_some_and(|m| {
+                    m.set_headers
+                        .iter()
+                        .any(|o| o.header.as_ref().is_some_and(|h| h.key == "x-gateway-destination-endpoint"))
+                });
                 if !dest {
                     bail!("headers response without a destination");
                 }
@@ -525,7 +528,8 @@ mod tests {
     fn bodies_have_the_asked_size_and_share_prefixes() {
         let p = Prompts::new(4096);
         let (a, b, c) = (p.body(1), p.body(65), p.body(2));
-        let prompt = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).unwrap()["prompt"].as_str().unwrap().to_string();
+        let prompt =
+            |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).unwrap()["prompt"].as_str().unwrap().to_string();
         assert_eq!(prompt(&a).len(), 4096);
         assert_eq!(prompt(&a)[..3072], prompt(&b)[..3072], "same system prompt every 64 requests");
         assert_ne!(prompt(&a), prompt(&b), "unique tails");
