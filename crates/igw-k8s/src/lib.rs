@@ -10,5 +10,6 @@ pub mod error;
 pub mod legacy;
 pub mod reconcile;
 pub mod shared;
+pub mod watch;
 
 pub use error::ConvertError;

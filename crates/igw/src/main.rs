@@ -27,7 +27,7 @@ enum Command {
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
     /// Print the CustomResourceDefinitions igw understands.
-    Crds(cmd::NotBuilt),
+    Crds(cmd::crds::CrdsArgs),
     /// Print a complete Kubernetes install.
     Manifests(cmd::NotBuilt),
 }
@@ -49,7 +49,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => cmd::serve::run(args),
         Command::Epp(args) => cmd::epp::run(*args),
         Command::Bbr(args) => cmd::bbr::run(*args),
-        Command::Crds(_) => cmd::not_built("crds", "the CRD printer"),
+        Command::Crds(args) => cmd::crds::run(args),
         Command::Manifests(_) => cmd::not_built("manifests", "the Kubernetes install generator"),
         Command::Sim(args) => cmd::sim::run(args),
         Command::Bench(b) => cmd::bench::run(b),

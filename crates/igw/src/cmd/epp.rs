@@ -131,11 +131,6 @@ impl EppArgs {
             0 => bail!("one of --pool-name, --endpoint-selector or --endpoints is required"),
             _ => bail!("--pool-name, --endpoint-selector and --endpoints are mutually exclusive"),
         }
-        if !self.pool_name.is_empty() || !self.endpoint_selector.is_empty() {
-            bail!(
-                "Kubernetes discovery (--pool-name / --endpoint-selector) is not wired into this build yet; use --endpoints ip:port,..."
-            );
-        }
         Ok(())
     }
 }
@@ -150,6 +145,19 @@ pub fn run(args: EppArgs) -> anyhow::Result<()> {
 async fn serve(args: EppArgs) -> anyhow::Result<()> {
     let endpoints = EndpointMeta::parse_list(&args.endpoints.join(",")).context("--endpoints")?;
     let datastore = Arc::new(Datastore::with_endpoints(endpoints));
+    // Kubernetes mode (--pool-name / --endpoint-selector): igw-k8s's watchers feed the datastore.
+    let _discovery = if args.endpoints.is_empty() {
+        let cfg = igw_k8s::watch::DiscoveryConfig {
+            pool_name: args.pool_name.clone(),
+            pool_namespace: args.pool_namespace.clone(),
+            pool_group: args.pool_group.clone(),
+            endpoint_selector: args.endpoint_selector.clone(),
+            endpoint_target_ports: args.endpoint_target_ports.clone(),
+        };
+        Some(igw_k8s::watch::start(datastore.clone(), &cfg).await.context("starting Kubernetes discovery")?)
+    } else {
+        None
+    };
     let scraper = Scraper::new(
         ScrapeConfig { interval: args.refresh_metrics_interval, ..ScrapeConfig::default() },
         EngineRegistry::builtin(),

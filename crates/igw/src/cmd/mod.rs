@@ -2,6 +2,7 @@
 
 pub mod bbr;
 pub mod bench;
+pub mod crds;
 pub mod bench_extproc;
 pub mod epp;
 pub mod picker;
