@@ -7,6 +7,7 @@ pub mod api;
 pub mod convert;
 pub mod crds;
 pub mod error;
+pub mod lease;
 pub mod legacy;
 pub mod reconcile;
 pub mod shared;
