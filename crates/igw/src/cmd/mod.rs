@@ -5,8 +5,12 @@ pub mod bench;
 pub mod crds;
 pub mod bench_extproc;
 pub mod epp;
+pub mod gateway_config;
 pub mod picker;
 pub mod serve;
+pub mod serve_pools;
+#[cfg(test)]
+mod serve_tests;
 pub mod sim;
 
 use clap::Args;

@@ -1,33 +1,55 @@
 //! `igw serve`: the standalone OpenAI-compatible gateway.
 //!
 //! With no arguments it starts an embedded pool of simulated vLLM replicas on loopback, so the
-//! quick start works anywhere; `--endpoints ip:port,...` routes to real model servers instead.
+//! quick start works anywhere; `--endpoints ip:port,...` routes to real model servers instead, and
+//! `--config gateway.yaml` to several pools with model routing, reloaded when the file changes.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use igw_core::{Datastore, EndpointMeta};
-use igw_metrics::{EngineRegistry, ScrapeConfig, Scraper};
-use igw_proxy::admin::Admin;
+use igw_core::EndpointMeta;
+use igw_metrics::ScrapeConfig;
 use igw_proxy::gateway::{Gateway, GatewayConfig};
+use igw_proxy::pools_admin::PoolsAdmin;
+use igw_request::Director;
 use igw_sim::profile::Profile;
 use igw_sim::{Fleet, FleetConfig};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use super::gateway_config::{self, GatewayPlan, PoolPlan};
+use super::serve_pools::{ADMIN_STALENESS, PoolSet, Reloader};
+
+/// Default gateway listener.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default admin listener.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 
 /// Flags of `igw serve`.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Address the gateway listens on.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
-    /// Address of the admin listener (/metrics, /healthz, /readyz, /debug/endpoints).
-    #[arg(long, default_value = "127.0.0.1:9090")]
-    pub admin_listen: SocketAddr,
-    /// Model servers as ip:port,...; without it an embedded simulated pool is started.
-    #[arg(long, value_delimiter = ',')]
+    /// Address the gateway listens on [default: the file's `listen`, else 127.0.0.1:8080].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Address of the admin listener (/metrics, /healthz, /readyz, /debug/endpoints, /debug/config)
+    /// [default: the file's `adminListen`, else 127.0.0.1:9090].
+    #[arg(long)]
+    pub admin_listen: Option<SocketAddr>,
+    /// Model servers as ip:port,...; without it (and without --config) an embedded simulated pool
+    /// is started.
+    #[arg(long, value_delimiter = ',', conflicts_with = "config")]
     pub endpoints: Vec<String>,
+    /// Gateway configuration file (pools, models, objectives, rewrites; docs/gateway-config.md),
+    /// reloaded when it changes.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// How often the configuration files are checked for changes, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub config_poll_ms: u64,
     /// Replicas of the embedded simulated pool.
     #[arg(long, default_value_t = 4)]
     pub sim_replicas: usize,
@@ -54,91 +76,205 @@ pub struct ServeArgs {
     pub pool_name: String,
 }
 
+impl ServeArgs {
+    fn gateway_config(&self) -> GatewayConfig {
+        GatewayConfig {
+            max_body_bytes: self.max_body_bytes,
+            response_head_timeout: Duration::from_secs_f64(self.response_timeout_secs.max(0.001)),
+            ..GatewayConfig::default()
+        }
+    }
+
+    fn scrape_config(&self) -> ScrapeConfig {
+        ScrapeConfig {
+            interval: Duration::from_millis(self.refresh_metrics_interval_ms.max(1)),
+            ..ScrapeConfig::default()
+        }
+    }
+}
+
+/// Where `igw serve` gets its endpoints.
+#[derive(Debug)]
+pub enum Source {
+    /// A configuration file, already loaded and validated.
+    Config(PathBuf, GatewayPlan),
+    /// One pool of static endpoints (`--endpoints`, or the embedded simulated pool).
+    Static(Vec<EndpointMeta>),
+}
+
+/// A running `igw serve`.
+pub struct Serving {
+    /// Where the gateway listens.
+    pub addr: SocketAddr,
+    /// Where the admin listener listens.
+    pub admin_addr: SocketAddr,
+    /// The configuration file's reloader (with `--config`).
+    pub reloader: Option<Arc<Reloader>>,
+    gateway: Arc<Gateway<Director>>,
+    static_pools: Option<PoolSet>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Serving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serving")
+            .field("addr", &self.addr)
+            .field("admin_addr", &self.admin_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Serving {
+    /// Starts the pools, the gateway on `listener` and the admin listener on `admin_listener`.
+    pub async fn start(
+        args: &ServeArgs,
+        source: Source,
+        listener: TcpListener,
+        admin_listener: TcpListener,
+    ) -> anyhow::Result<Self> {
+        let (gateway, admin, reloader, static_pools) = match source {
+            Source::Config(file, plan) => {
+                let r = Reloader::start(file, plan, &args.policy, args.scrape_config(), args.gateway_config()).await?;
+                (r.gateway().clone(), r.admin().clone(), Some(r), None)
+            }
+            Source::Static(endpoints) => {
+                let scheduler = igw_sched::Scheduler::from_policy(&args.policy).context("--policy")?;
+                let plan = GatewayPlan {
+                    listen: None,
+                    admin_listen: None,
+                    pools: vec![PoolPlan {
+                        name: args.pool_name.clone(),
+                        endpoints,
+                        models: Vec::new(),
+                        scheduler,
+                        scheduler_source: format!("policy {}", args.policy),
+                        rewrites: Vec::new(),
+                    }],
+                    default_pool: 0,
+                    objectives: Vec::new(),
+                    files: Vec::new(),
+                };
+                let mut pools = PoolSet::build(plan, 1, &args.scrape_config())?;
+                pools.warm_and_start().await;
+                let routes = pools.take_routes().context("routes")?;
+                let admin = Arc::new(PoolsAdmin::new(pools.view(), ADMIN_STALENESS, None));
+                (Arc::new(Gateway::with_routes(routes, args.gateway_config())), admin, None, Some(pools))
+            }
+        };
+        let addr = listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let drain = Duration::from_secs_f64(args.drain_secs.max(0.0));
+        let mut tasks = vec![
+            tokio::spawn(igw_proxy::listener::serve(
+                admin_listener,
+                move |req| admin.clone().handle(req),
+                wait_stop(stop_rx.clone()),
+                Duration::from_secs(1),
+            )),
+            tokio::spawn({
+                let gateway = gateway.clone();
+                igw_proxy::listener::serve(
+                    listener,
+                    move |req| gateway.clone().handle(req),
+                    wait_stop(stop_rx.clone()),
+                    drain,
+                )
+            }),
+        ];
+        if let Some(r) = &reloader {
+            tasks.push(r.watch(Duration::from_millis(args.config_poll_ms.max(1)), wait_stop(stop_rx.clone())));
+        }
+        Ok(Serving { addr, admin_addr, reloader, gateway, static_pools, stop, tasks })
+    }
+
+    /// The gateway.
+    pub fn gateway(&self) -> &Arc<Gateway<Director>> {
+        &self.gateway
+    }
+
+    /// Stops accepting, drains in-flight requests (up to `--drain-secs`), stops the scrapers.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        if let Some(r) = &self.reloader {
+            r.shutdown().await;
+        }
+        if let Some(p) = self.static_pools {
+            p.stop().await;
+        }
+    }
+}
+
 /// Runs `igw serve` until Ctrl-C.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     rt.block_on(serve(args))
 }
 
+async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let (endpoints, fleet, model) = if args.endpoints.is_empty() {
-        let profile = Profile::llama2_7b_h100();
-        let mut cfg = FleetConfig::new(profile);
-        cfg.time_scale = args.sim_time_scale;
-        let model = cfg.model.clone();
-        let fleet =
-            Fleet::bind(cfg, args.sim_replicas.max(1), 0).await.context("starting the embedded simulated pool")?;
-        let eps: Vec<EndpointMeta> = fleet.addrs().iter().map(|a| EndpointMeta::from_addr(*a)).collect();
-        (eps, Some(fleet), Some(model))
-    } else {
-        let eps = EndpointMeta::parse_list(&args.endpoints.join(",")).context("--endpoints")?;
-        (eps, None, None)
+    let mut fleet = None;
+    let mut model = None;
+    let (source, file_listen, file_admin) = match &args.config {
+        Some(path) => {
+            let plan = gateway_config::load(path, &args.policy).context("invalid gateway configuration")?;
+            let (l, a) = (plan.listen, plan.admin_listen);
+            (Source::Config(path.clone(), plan), l, a)
+        }
+        None if args.endpoints.is_empty() => {
+            let mut cfg = FleetConfig::new(Profile::llama2_7b_h100());
+            cfg.time_scale = args.sim_time_scale;
+            model = Some(cfg.model.clone());
+            let f =
+                Fleet::bind(cfg, args.sim_replicas.max(1), 0).await.context("starting the embedded simulated pool")?;
+            let eps = f.addrs().iter().map(|a| EndpointMeta::from_addr(*a)).collect();
+            fleet = Some(f);
+            (Source::Static(eps), None, None)
+        }
+        None => {
+            let eps = EndpointMeta::parse_list(&args.endpoints.join(",")).context("--endpoints")?;
+            (Source::Static(eps), None, None)
+        }
     };
-    let datastore = Arc::new(Datastore::with_endpoints(endpoints));
-    let scrape_config = ScrapeConfig {
-        interval: Duration::from_millis(args.refresh_metrics_interval_ms.max(1)),
-        ..ScrapeConfig::default()
+    let default = |s: &str| s.parse::<SocketAddr>().context("default address");
+    let listen = match args.listen.or(file_listen) {
+        Some(a) => a,
+        None => default(DEFAULT_LISTEN)?,
     };
-    let scraper = Scraper::new(scrape_config, EngineRegistry::builtin());
-    let follower = scraper.follow(datastore.clone());
-    let picker = super::picker::build(&datastore, &args.policy)?;
-    let request_metrics = picker.metrics().clone();
-    let gateway = Arc::new(Gateway::new(
-        picker,
-        GatewayConfig {
-            max_body_bytes: args.max_body_bytes,
-            response_head_timeout: Duration::from_secs_f64(args.response_timeout_secs.max(0.001)),
-            ..GatewayConfig::default()
-        },
-    ));
-    let admin = Arc::new(Admin {
-        pool_name: args.pool_name.clone(),
-        datastore: datastore.clone(),
-        staleness: Duration::from_secs(2),
-        extra: vec![Arc::new(super::picker::RequestMetricsSource(request_metrics))],
-    });
-
-    let listener =
-        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
-    let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
-        .await
-        .with_context(|| format!("binding {}", args.admin_listen))?;
-    let addr = listener.local_addr()?;
-    let admin_addr = admin_listener.local_addr()?;
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
+    let admin_listen = match args.admin_listen.or(file_admin) {
+        Some(a) => a,
+        None => default(DEFAULT_ADMIN_LISTEN)?,
     };
-    let drain = Duration::from_secs_f64(args.drain_secs.max(0.0));
-    let admin_task = tokio::spawn(igw_proxy::listener::serve(
-        admin_listener,
-        move |req| admin.clone().handle(req),
-        wait_stop(stop_rx.clone()),
-        Duration::from_secs(1),
-    ));
-    let gw_task = tokio::spawn(igw_proxy::listener::serve(
-        listener,
-        move |req| gateway.clone().handle(req),
-        wait_stop(stop_rx.clone()),
-        drain,
-    ));
-
-    let n = datastore.snapshot().endpoints.len();
-    match &model {
-        Some(model) => println!(
+    let serving = Serving::start(&args, source, bind(listen).await?, bind(admin_listen).await?).await?;
+    let (addr, admin_addr) = (serving.addr, serving.admin_addr);
+    let pools = serving.gateway().routes();
+    let n: usize = pools.pools().iter().map(|p| igw_request::Picker::snapshot(&*p.picker).endpoints.len()).sum();
+    match (&model, &args.config) {
+        (Some(model), _) => println!(
             "igw serve: listening on http://{addr} (admin http://{admin_addr}), {n} simulated replicas\n  try: curl -s http://{addr}/v1/chat/completions -H 'content-type: application/json' -d '{{\"model\":\"{model}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}],\"max_tokens\":16}}'"
         ),
-        None => println!("igw serve: listening on http://{addr} (admin http://{admin_addr}), {n} endpoints"),
+        (None, Some(file)) => println!(
+            "igw serve: listening on http://{addr} (admin http://{admin_addr}), {} pools, {n} endpoints from {}",
+            pools.pools().len(),
+            file.display()
+        ),
+        (None, None) => println!("igw serve: listening on http://{addr} (admin http://{admin_addr}), {n} endpoints"),
     }
+    drop(pools);
 
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     tracing::info!("shutting down: draining in-flight requests");
-    let _ = stop_tx.send(true);
-    let _ = gw_task.await;
-    let _ = admin_task.await;
-    follower.abort();
-    scraper.shutdown().await;
+    serving.shutdown().await;
     if let Some(fleet) = fleet {
         fleet.shutdown().await;
     }

@@ -1,0 +1,345 @@
+//! The running pools of `igw serve` and their replacement when the configuration file changes.
+//!
+//! A [`PoolSet`] is everything one configuration generation runs: per pool a datastore, a
+//! Director and a metrics scraper. A reload builds the next set completely (datastores filled,
+//! every endpoint scraped once) before the gateway's routing table and the admin view are
+//! swapped to it; requests already in flight finish on the set they started with, and the old
+//! set's scrapers stop once it is replaced. A file that does not load leaves everything as it
+//! was and is reported in the log, on `/debug/config` and in `igw_config_*` metrics.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use igw_core::Datastore;
+use igw_metrics::{EngineRegistry, ScrapeConfig, Scraper};
+use igw_proxy::gateway::{Gateway, GatewayConfig};
+use igw_proxy::pools_admin::{AdminPool, AdminView, ConfigStatus, PoolsAdmin};
+use igw_proxy::routes::{PoolRoute, Routes};
+use igw_request::Director;
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::gateway_config::{self, GatewayPlan};
+use super::picker::RequestMetricsSource;
+
+/// Metrics older than this are shown as stale on the admin listener.
+pub const ADMIN_STALENESS: Duration = Duration::from_secs(2);
+
+/// One configuration generation's pools, running.
+pub struct PoolSet {
+    routes: Option<Routes<Director>>,
+    view: AdminView,
+    scrapers: Vec<(Scraper, Arc<Datastore>)>,
+    followers: Vec<JoinHandle<()>>,
+    summary: Vec<serde_json::Value>,
+}
+
+impl std::fmt::Debug for PoolSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolSet").field("pools", &self.summary).finish_non_exhaustive()
+    }
+}
+
+impl PoolSet {
+    /// Builds datastores, Directors and scrapers for `plan` (nothing is started yet).
+    pub fn build(plan: GatewayPlan, generation: u64, scrape: &ScrapeConfig) -> anyhow::Result<Self> {
+        let mut routes = Vec::new();
+        let mut view = AdminView::default();
+        let mut scrapers = Vec::new();
+        let mut summary = Vec::new();
+        for pool in plan.pools {
+            let ds = Arc::new(Datastore::with_endpoints(pool.endpoints));
+            ds.reset_objectives(plan.objectives.iter().cloned());
+            for rw in pool.rewrites {
+                ds.apply_rewrite(rw)?;
+            }
+            let director = Arc::new(Director::new(ds.clone(), Arc::new(pool.scheduler), super::seed()));
+            summary.push(serde_json::json!({
+                "name": pool.name,
+                "endpoints": ds.snapshot().endpoints.iter().map(|e| e.address().to_string()).collect::<Vec<_>>(),
+                "models": pool.models,
+                "scheduler": pool.scheduler_source,
+            }));
+            view.pools.push(AdminPool { name: pool.name.clone(), datastore: ds.clone() });
+            view.metrics.push(Arc::new(RequestMetricsSource(director.metrics().clone())));
+            scrapers.push((Scraper::new(scrape.clone(), EngineRegistry::builtin()), ds));
+            routes.push(PoolRoute { name: pool.name, picker: director, models: pool.models });
+        }
+        let routes = Routes::new(routes, plan.default_pool, generation)?;
+        Ok(PoolSet { routes: Some(routes), view, scrapers, followers: Vec::new(), summary })
+    }
+
+    /// Scrapes every endpoint once, concurrently, and publishes what parsed, so the new pools
+    /// start with fresh metrics; then starts the periodic scrapes.
+    pub async fn warm_and_start(&mut self) {
+        let mut set = JoinSet::new();
+        for (scraper, ds) in &self.scrapers {
+            let snap = ds.snapshot();
+            for ep in &snap.endpoints {
+                let ep = ep.clone();
+                let s = Scraper::new(scraper.config().clone(), scraper.engines().clone());
+                set.spawn(async move {
+                    if let Ok(x) = s.scrape_once(&ep).await
+                        && x.is_fresh()
+                    {
+                        ep.set_metrics(x.metrics);
+                    }
+                });
+            }
+        }
+        while set.join_next().await.is_some() {}
+        self.followers = self.scrapers.iter().map(|(s, ds)| s.follow(ds.clone())).collect();
+    }
+
+    /// The admin view of these pools.
+    pub fn view(&self) -> AdminView {
+        self.view.clone()
+    }
+
+    /// Takes the routing table (once).
+    pub fn take_routes(&mut self) -> Option<Routes<Director>> {
+        self.routes.take()
+    }
+
+    /// The pools as `/debug/config` shows them.
+    pub fn summary(&self) -> &[serde_json::Value] {
+        &self.summary
+    }
+
+    /// Stops the scrapers.
+    pub async fn stop(self) {
+        for f in &self.followers {
+            f.abort();
+        }
+        for (s, _) in &self.scrapers {
+            s.shutdown().await;
+        }
+    }
+}
+
+/// The outcome of the latest configuration load, published to subscribers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReloadEvent {
+    /// Loads attempted since start, the first included.
+    pub attempts: u64,
+    /// Generation in force (1 = the configuration loaded at start).
+    pub generation: u64,
+    /// The error of the latest attempt, if it failed (the previous generation is still in force).
+    pub error: Option<String>,
+}
+
+/// The configuration's state for `/debug/config` and `/metrics`.
+pub struct ConfigState {
+    file: PathBuf,
+    tx: watch::Sender<ReloadEvent>,
+    failures: AtomicU64,
+    pools: std::sync::Mutex<Vec<serde_json::Value>>,
+}
+
+impl std::fmt::Debug for ConfigState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigState").field("file", &self.file).field("event", &*self.tx.borrow()).finish()
+    }
+}
+
+impl ConfigStatus for ConfigState {
+    fn json(&self) -> serde_json::Value {
+        let ev = self.tx.borrow().clone();
+        serde_json::json!({
+            "file": self.file.display().to_string(),
+            "generation": ev.generation,
+            "attempts": ev.attempts,
+            "last_error": ev.error,
+            "pools": *self.pools.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+        })
+    }
+
+    fn render(&self, out: &mut String) {
+        let ev = self.tx.borrow().clone();
+        let failures = self.failures.load(Ordering::Relaxed);
+        let _ = writeln!(out, "# HELP igw_config_generation Generation of the gateway configuration in force.");
+        let _ = writeln!(out, "# TYPE igw_config_generation gauge");
+        let _ = writeln!(out, "igw_config_generation {}", ev.generation);
+        let _ = writeln!(out, "# HELP igw_config_last_load_success 1 if the latest configuration load succeeded.");
+        let _ = writeln!(out, "# TYPE igw_config_last_load_success gauge");
+        let _ = writeln!(out, "igw_config_last_load_success {}", u8::from(ev.error.is_none()));
+        let _ = writeln!(out, "# HELP igw_config_loads_total Configuration loads attempted, by result.");
+        let _ = writeln!(out, "# TYPE igw_config_loads_total counter");
+        let _ = writeln!(out, "igw_config_loads_total{{result=\"success\"}} {}", ev.attempts - failures);
+        let _ = writeln!(out, "igw_config_loads_total{{result=\"failure\"}} {failures}");
+    }
+}
+
+type FileContents = BTreeMap<PathBuf, Option<Vec<u8>>>;
+
+fn read_all(files: impl IntoIterator<Item = PathBuf>) -> FileContents {
+    files.into_iter().map(|f| (f.clone(), std::fs::read(&f).ok())).collect()
+}
+
+struct Current {
+    pools: Option<PoolSet>,
+    seen: FileContents,
+    listen: (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>),
+}
+
+/// Serves a configuration file: the gateway and admin listener built from it, and their
+/// replacement whenever the file (or a scheduler config file it names) changes.
+pub struct Reloader {
+    file: PathBuf,
+    policy: String,
+    scrape: ScrapeConfig,
+    gateway: Arc<Gateway<Director>>,
+    admin: Arc<PoolsAdmin>,
+    state: Arc<ConfigState>,
+    current: tokio::sync::Mutex<Current>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader").field("file", &self.file).finish_non_exhaustive()
+    }
+}
+
+impl Reloader {
+    /// Starts the pools of `plan` (already loaded from `file`) and the gateway over them.
+    pub async fn start(
+        file: PathBuf,
+        plan: GatewayPlan,
+        policy: &str,
+        scrape: ScrapeConfig,
+        gateway_config: GatewayConfig,
+    ) -> anyhow::Result<Arc<Self>> {
+        let seen = read_all(plan.files.iter().cloned());
+        let listen = (plan.listen, plan.admin_listen);
+        let mut pools = PoolSet::build(plan, 1, &scrape)?;
+        pools.warm_and_start().await;
+        let routes = pools.take_routes().ok_or_else(|| anyhow::anyhow!("routes already taken"))?;
+        let (tx, _) = watch::channel(ReloadEvent { attempts: 1, generation: 1, error: None });
+        let state = Arc::new(ConfigState {
+            file: file.clone(),
+            tx,
+            failures: AtomicU64::new(0),
+            pools: std::sync::Mutex::new(pools.summary().to_vec()),
+        });
+        let admin = Arc::new(PoolsAdmin::new(pools.view(), ADMIN_STALENESS, Some(state.clone())));
+        let gateway = Arc::new(Gateway::with_routes(routes, gateway_config));
+        Ok(Arc::new(Reloader {
+            file,
+            policy: policy.to_string(),
+            scrape,
+            gateway,
+            admin,
+            state,
+            current: tokio::sync::Mutex::new(Current { pools: Some(pools), seen, listen }),
+        }))
+    }
+
+    /// The gateway.
+    pub fn gateway(&self) -> &Arc<Gateway<Director>> {
+        &self.gateway
+    }
+
+    /// The admin listener.
+    pub fn admin(&self) -> &Arc<PoolsAdmin> {
+        &self.admin
+    }
+
+    /// Load outcomes, as they happen.
+    #[cfg(test)]
+    pub fn subscribe(&self) -> watch::Receiver<ReloadEvent> {
+        self.state.tx.subscribe()
+    }
+
+    /// Reloads if any configuration file changed since the last load attempt; returns whether
+    /// it tried.
+    pub async fn reload_if_changed(&self) -> bool {
+        let mut cur = self.current.lock().await;
+        let mut files: Vec<PathBuf> = cur.seen.keys().cloned().collect();
+        if !files.contains(&self.file) {
+            files.push(self.file.clone());
+        }
+        let now = read_all(files);
+        if now == cur.seen {
+            return false;
+        }
+        cur.seen = now;
+        self.reload_locked(&mut cur).await;
+        true
+    }
+
+    async fn reload_locked(&self, cur: &mut Current) {
+        let prev = self.state.tx.borrow().clone();
+        let attempts = prev.attempts + 1;
+        let built = gateway_config::load(&self.file, &self.policy).and_then(|plan| {
+            let files = plan.files.clone();
+            let listen = (plan.listen, plan.admin_listen);
+            Ok((PoolSet::build(plan, prev.generation + 1, &self.scrape)?, files, listen))
+        });
+        let (mut pools, files, listen) = match built {
+            Ok(x) => x,
+            Err(e) => {
+                let msg = format!("{e:#}");
+                tracing::error!(error = %msg, "configuration not reloaded; the previous configuration stays in force");
+                self.state.failures.fetch_add(1, Ordering::Relaxed);
+                self.state.tx.send_replace(ReloadEvent { attempts, generation: prev.generation, error: Some(msg) });
+                return;
+            }
+        };
+        if listen != cur.listen {
+            tracing::warn!("listen/adminListen changed in the file: they take effect at the next start");
+        }
+        pools.warm_and_start().await;
+        let Some(routes) = pools.take_routes() else { return };
+        let generation = routes.generation();
+        self.gateway.set_routes(routes);
+        self.admin.set_view(pools.view());
+        *self.state.pools.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = pools.summary().to_vec();
+        let old = cur.pools.replace(pools);
+        cur.listen = listen;
+        // Watch exactly the files this generation was read from.
+        cur.seen = files
+            .into_iter()
+            .map(|f| {
+                let contents = cur.seen.get(&f).cloned().unwrap_or_else(|| std::fs::read(&f).ok());
+                (f, contents)
+            })
+            .collect();
+        tracing::info!(generation, file = %self.file.display(), "configuration reloaded");
+        self.state.tx.send_replace(ReloadEvent { attempts, generation, error: None });
+        if let Some(old) = old {
+            old.stop().await;
+        }
+    }
+
+    /// Checks the files every `interval` and reloads on change, until `stop` resolves.
+    pub fn watch(
+        self: &Arc<Self>,
+        interval: Duration,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    () = &mut stop => return,
+                    _ = tick.tick() => {}
+                }
+                me.reload_if_changed().await;
+            }
+        })
+    }
+
+    /// Stops the pools' scrapers.
+    pub async fn shutdown(&self) {
+        if let Some(p) = self.current.lock().await.pools.take() {
+            p.stop().await;
+        }
+    }
+}
