@@ -32,6 +32,7 @@ pub struct Director {
     scheduler: Arc<Scheduler>,
     metrics: Arc<RequestMetrics>,
     rng_state: AtomicU64,
+    legacy_shedding: bool,
 }
 
 fn splitmix(state: &AtomicU64) -> u64 {
@@ -44,7 +45,21 @@ fn splitmix(state: &AtomicU64) -> u64 {
 impl Director {
     /// A director for `datastore` deciding with `scheduler`; randomness seeded with `seed`.
     pub fn new(datastore: Arc<Datastore>, scheduler: Arc<Scheduler>, seed: u64) -> Self {
-        Director { datastore, scheduler, metrics: Arc::new(RequestMetrics::new()), rng_state: AtomicU64::new(seed) }
+        Director {
+            datastore,
+            scheduler,
+            metrics: Arc::new(RequestMetrics::new()),
+            rng_state: AtomicU64::new(seed),
+            legacy_shedding: true,
+        }
+    }
+
+    /// Turns the legacy admission off: sheddable requests are no longer answered 429 when the
+    /// pool is saturated. Flow control (a [`FlowGate`](crate::flow_gate::FlowGate) in front of the
+    /// Director) replaces it, as upstream's `flowControl` feature gate does.
+    pub fn without_legacy_shedding(mut self) -> Self {
+        self.legacy_shedding = false;
+        self
     }
 
     /// The request metrics it records.
@@ -84,7 +99,9 @@ impl Picker for Director {
         now: Instant,
     ) -> Result<Decision<Routed>, RequestError> {
         let req = &prepared.request;
-        if let Err(ScheduleError::Saturated) = self.scheduler.admit(req, candidates, now) {
+        if self.legacy_shedding
+            && let Err(ScheduleError::Saturated) = self.scheduler.admit(req, candidates, now)
+        {
             return Err(self.error(prepared, RequestError::resource_exhausted(MSG_SATURATED)));
         }
         let t0 = std::time::Instant::now();

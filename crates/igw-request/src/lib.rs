@@ -21,6 +21,7 @@
 pub mod body;
 pub mod director;
 pub mod error;
+pub mod flow_gate;
 pub mod headers;
 pub mod metrics;
 pub mod parse;

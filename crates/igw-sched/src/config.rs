@@ -332,6 +332,25 @@ fn build(p: &Spanned<PluginSpec>, name: &str) -> Result<Built, ConfigError> {
 }
 
 impl EndpointPickerConfig {
+    /// The flow control configuration when the `flowControl` feature gate is on (upstream's
+    /// defaults for everything the `flowControl` section leaves out), else `None`. A
+    /// `usageLimitPolicyPluginRef` may name a declared plugin; its type is used.
+    pub fn flow_config(&self) -> Result<Option<crate::flow::FlowConfig>, ConfigError> {
+        if !self.feature_gates.iter().any(|g| g == "flowControl") {
+            return Ok(None);
+        }
+        let mut section = self.flow_control.clone().unwrap_or_default();
+        if let Some(r) = &section.usage_limit_policy_plugin_ref
+            && let Some(p) = self.plugins.iter().find(|p| p.value.name.as_deref() == Some(r.as_str()))
+        {
+            section.usage_limit_policy_plugin_ref = Some(p.value.kind.clone());
+        }
+        section
+            .resolve(&crate::flow::FlowConfig::upstream(), None)
+            .map(Some)
+            .map_err(|e| ConfigError::Invalid(format!("flowControl: {e}")))
+    }
+
     /// True if a plugin of type `kind` is declared (e.g. `header-based-testing-filter`).
     pub fn has_plugin_type(&self, kind: &str) -> bool {
         self.plugins.iter().any(|p| p.value.kind == kind)
@@ -522,5 +541,24 @@ mod tests {
         assert!(cfg.has_plugin_type("destination-endpoint-served-verifier"));
         assert!(!EndpointPickerConfig::parse(DEFAULT_CONFIG).unwrap().has_plugin_type("header-based-testing-filter"));
         assert_eq!(cfg.build("t").unwrap().scorer_weights(), vec![("queue-scorer", 1.0)]);
+    }
+
+    #[test]
+    fn flow_control_follows_its_feature_gate() {
+        let section = "flowControl:\n  maxRequests: 100\n  defaultRequestTTL: 30s\n  priorityBands:\n  - priority: 10\n    fairnessPolicyRef: vtc-fairness-policy\n";
+        let off = EndpointPickerConfig::parse(&format!("plugins:\n- type: queue-scorer\n{section}")).unwrap();
+        assert_eq!(off.flow_config().unwrap(), None, "no gate, no flow control");
+        let on = EndpointPickerConfig::parse(&format!(
+            "featureGates: [flowControl]\nplugins:\n- type: queue-scorer\n{section}"
+        ))
+        .unwrap();
+        let fc = on.flow_config().unwrap().unwrap();
+        assert_eq!(fc.max_requests, 100);
+        assert_eq!(fc.default_ttl, Some(std::time::Duration::from_secs(30)));
+        assert_eq!(fc.band_for(10).fairness, crate::flow::FairnessPolicy::Vtc);
+        assert_eq!(fc.band_for(0).fairness, crate::flow::FairnessPolicy::GlobalStrict, "upstream's default band");
+        let bad = EndpointPickerConfig::parse("featureGates: [flowControl]\nflowControl:\n  priorityBands:\n  - priority: 1\n    fairnessPolicyRef: nope\n")
+            .unwrap();
+        assert!(bad.flow_config().unwrap_err().to_string().contains("nope"));
     }
 }

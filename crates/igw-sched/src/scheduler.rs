@@ -119,6 +119,11 @@ impl Scheduler {
         self
     }
 
+    /// The saturation detector (shedding, and flow control's gate).
+    pub fn detector(&self) -> &UtilizationDetector {
+        &self.detector
+    }
+
     /// The saturation detector used for shedding.
     pub fn with_detector(mut self, d: UtilizationDetector) -> Self {
         self.detector = d;

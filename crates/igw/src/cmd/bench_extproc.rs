@@ -56,6 +56,9 @@ pub struct ExtprocArgs {
     /// Scheduling policy of the EPP.
     #[arg(long, default_value = "igw")]
     pub policy: String,
+    /// Run the EPP with flow control (`igw epp --flow-control`).
+    #[arg(long)]
+    pub flow_control: bool,
     /// The igw binary to run as the EPP (default: this one).
     #[arg(long)]
     pub igw_bin: Option<PathBuf>,
@@ -97,6 +100,8 @@ pub struct ExtprocReport {
     pub connections: usize,
     /// Scheduling policy.
     pub policy: String,
+    /// Flow control on in the EPP.
+    pub flow_control: bool,
 }
 
 /// Runs the benchmark and prints its report.
@@ -158,6 +163,7 @@ async fn bench(args: &ExtprocArgs) -> anyhow::Result<ExtprocReport> {
         .args(["epp", "--bind-address", "127.0.0.1", "--endpoints", &list, "--policy", &args.policy])
         .args(["--grpc-port", &grpc.to_string(), "--grpc-health-port", &health.to_string()])
         .args(["--metrics-port", &metrics.to_string(), "--secure-serving", if args.tls { "true" } else { "false" }])
+        .args(["--flow-control", if args.flow_control { "true" } else { "false" }])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -208,6 +214,7 @@ async fn bench(args: &ExtprocArgs) -> anyhow::Result<ExtprocReport> {
         tls: args.tls,
         connections: args.connections,
         policy: args.policy.clone(),
+        flow_control: args.flow_control,
     })
 }
 

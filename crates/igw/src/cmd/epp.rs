@@ -102,6 +102,12 @@ pub struct EppArgs {
     /// on from the config file). Never in production: clients could steer their own requests.
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub conformance_test_mode: bool,
+    /// Flow control with igw's defaults (token-weighted fairness between fairness ids, strict
+    /// priority between bands) when the config file does not turn it on with the `flowControl`
+    /// feature gate. Requests wait in the EPP until the pool has room, instead of sheddable ones
+    /// being answered 429.
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub flow_control: bool,
     /// Log verbosity (2 default, 3 verbose, 4 debug, 5 trace).
     #[arg(short = 'v', long = "v", default_value_t = 2)]
     pub verbosity: u8,
@@ -171,12 +177,32 @@ async fn serve(args: EppArgs) -> anyhow::Result<()> {
         (None, Some(text)) => Some((text.clone(), "--config-text".to_string())),
         (None, None) => None,
     };
-    let (picker, epp_config) = match &config_text {
-        Some((text, origin)) => (
-            super::picker::from_config(&datastore, text).with_context(|| origin.clone())?,
-            Some(igw_sched::config::EndpointPickerConfig::parse(text).with_context(|| origin.clone())?),
-        ),
-        None => (super::picker::build(&datastore, &args.policy)?, None),
+    let (scheduler, epp_config) = match &config_text {
+        Some((text, origin)) => {
+            let cfg = igw_sched::config::EndpointPickerConfig::parse(text).with_context(|| origin.clone())?;
+            (cfg.build("config").with_context(|| origin.clone())?, Some(cfg))
+        }
+        None => (igw_sched::Scheduler::from_policy(&args.policy).context("--policy")?, None),
+    };
+    let flow_config = match epp_config.as_ref().map(|c| c.flow_config()).transpose()?.flatten() {
+        Some(fc) => Some(fc),
+        None if args.flow_control => Some(igw_sched::flow::FlowConfig::igw()),
+        None => None,
+    };
+    let detector = *scheduler.detector();
+    let picker = super::picker::director(&datastore, scheduler, flow_config.is_some());
+    let gate = match flow_config {
+        Some(fc) => Some(Arc::new(
+            igw_request::flow_gate::FlowGate::new(
+                fc,
+                datastore.clone(),
+                detector,
+                Arc::new(igw_core::time::MonotonicClock::clone(igw_core::time::process_clock())),
+                if args.pool_name.is_empty() { "static".to_string() } else { args.pool_name.clone() },
+            )
+            .context("flow control")?,
+        )),
+        None => None,
     };
     let has_plugin = |kind: &str| epp_config.as_ref().is_some_and(|c| c.has_plugin_type(kind));
     let test_endpoint_selection = args.conformance_test_mode || has_plugin("header-based-testing-filter");
@@ -185,7 +211,15 @@ async fn serve(args: EppArgs) -> anyhow::Result<()> {
         tracing::warn!("conformance test mode: requests may steer their own pick with test-epp-endpoint-selection");
     }
     let request_metrics = picker.metrics().clone();
-    let lifecycle = Arc::new(Lifecycle::new(picker, args.max_endpoints));
+    let mut lifecycle = Lifecycle::new(picker, args.max_endpoints);
+    let mut extra_metrics: Vec<Arc<dyn igw_proxy::admin::MetricsSource>> =
+        vec![Arc::new(super::picker::RequestMetricsSource(request_metrics))];
+    if let Some(gate) = &gate {
+        lifecycle = lifecycle.with_flow_gate(gate.clone());
+        extra_metrics.push(Arc::new(super::picker::FlowMetricsSource(gate.metrics().clone())));
+        tracing::info!("flow control on: requests queue by priority and fairness id until the pool has room");
+    }
+    let lifecycle = Arc::new(lifecycle);
 
     let ext = tokio::net::TcpListener::bind(SocketAddr::new(args.bind_address, args.grpc_port))
         .await
@@ -220,7 +254,7 @@ async fn serve(args: EppArgs) -> anyhow::Result<()> {
         pool_name: if args.pool_name.is_empty() { "static".into() } else { args.pool_name.clone() },
         datastore: datastore.clone(),
         staleness: args.metrics_staleness_threshold,
-        extra: vec![Arc::new(super::picker::RequestMetricsSource(request_metrics))],
+        extra: extra_metrics,
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -236,6 +270,7 @@ async fn serve(args: EppArgs) -> anyhow::Result<()> {
         grpc = %ext.local_addr()?, health = %health_l.local_addr()?, metrics = %args.metrics_port,
         tls = args.secure_serving, endpoints = datastore.snapshot().endpoints.len(), "igw epp serving"
     );
+    let gate_task = gate.map(|g| tokio::spawn(g.run(Duration::from_millis(10), wait(stop_rx.clone()))));
     let server = tokio::spawn(igw_extproc::serve(
         config,
         lifecycle,
@@ -252,6 +287,9 @@ async fn serve(args: EppArgs) -> anyhow::Result<()> {
     }
     let _ = stop_tx.send(true);
     let _ = metrics_task.await;
+    if let Some(t) = gate_task {
+        let _ = t.await;
+    }
     follower.abort();
     scraper.shutdown().await;
     Ok(())

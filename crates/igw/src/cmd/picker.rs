@@ -15,10 +15,20 @@ pub fn build(datastore: &Arc<Datastore>, policy: &str) -> anyhow::Result<Arc<Dir
     Ok(Arc::new(Director::new(datastore.clone(), Arc::new(scheduler), super::seed())))
 }
 
-/// The Director for `datastore`, deciding with the scheduler an EndpointPickerConfig describes.
-pub fn from_config(datastore: &Arc<Datastore>, yaml: &str) -> anyhow::Result<Arc<Director>> {
-    let scheduler = igw_sched::config::scheduler_from_yaml(yaml)?;
-    Ok(Arc::new(Director::new(datastore.clone(), Arc::new(scheduler), super::seed())))
+/// The Director for `datastore` deciding with `scheduler`; with flow control in front of it
+/// (`flow_control`), the legacy shedding of sheddable requests is off, as upstream.
+pub fn director(datastore: &Arc<Datastore>, scheduler: Scheduler, flow_control: bool) -> Arc<Director> {
+    let d = Director::new(datastore.clone(), Arc::new(scheduler), super::seed());
+    Arc::new(if flow_control { d.without_legacy_shedding() } else { d })
+}
+
+/// Exposes flow control's metrics on the admin listener.
+pub struct FlowMetricsSource(pub Arc<igw_request::flow_gate::FlowMetrics>);
+
+impl MetricsSource for FlowMetricsSource {
+    fn render(&self, out: &mut String) {
+        self.0.render(out);
+    }
 }
 
 /// Exposes the Director's request metrics on the admin listener.
