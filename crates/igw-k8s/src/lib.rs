@@ -9,6 +9,7 @@ pub mod crds;
 pub mod error;
 pub mod lease;
 pub mod legacy;
+pub mod manifests;
 pub mod reconcile;
 pub mod shared;
 pub mod watch;

@@ -29,7 +29,7 @@ enum Command {
     /// Print the CustomResourceDefinitions igw understands.
     Crds(cmd::crds::CrdsArgs),
     /// Print a complete Kubernetes install.
-    Manifests(cmd::NotBuilt),
+    Manifests(cmd::manifests::ManifestsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -50,7 +50,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Epp(args) => cmd::epp::run(*args),
         Command::Bbr(args) => cmd::bbr::run(*args),
         Command::Crds(args) => cmd::crds::run(args),
-        Command::Manifests(_) => cmd::not_built("manifests", "the Kubernetes install generator"),
+        Command::Manifests(args) => cmd::manifests::run(args),
         Command::Sim(args) => cmd::sim::run(args),
         Command::Bench(b) => cmd::bench::run(b),
     }

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod crds;
 pub mod bench_extproc;
 pub mod epp;
+pub mod manifests;
 pub mod gateway_config;
 pub mod picker;
 pub mod serve;
@@ -12,20 +13,6 @@ pub mod serve_pools;
 #[cfg(test)]
 mod serve_tests;
 pub mod sim;
-
-use clap::Args;
-
-/// Accepts any arguments for a subcommand that is not built yet.
-#[derive(Args, Debug)]
-pub struct NotBuilt {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    _rest: Vec<String>,
-}
-
-/// Says plainly that a subcommand does not exist yet and fails.
-pub fn not_built(name: &str, what: &str) -> anyhow::Result<()> {
-    anyhow::bail!("`igw {name}` ({what}) is not built yet in this version of igw; see README.md for what is available")
-}
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging() {
