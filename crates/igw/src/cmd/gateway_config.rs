@@ -104,6 +104,9 @@ pub struct PoolPlan {
     pub scheduler: Scheduler,
     /// Where the scheduler came from (for logs and `/debug/config`).
     pub scheduler_source: String,
+    /// What the scheduler was built from (policy name, file text, inline config): a reload keeps
+    /// a pool running, with its state, when this and the rest of its definition are unchanged.
+    pub scheduler_key: String,
     /// Rewrites applied in this pool's datastore.
     pub rewrites: Vec<ModelRewrite>,
 }
@@ -135,7 +138,7 @@ fn scheduler_for(
     base_dir: &Path,
     default_policy: &str,
     files: &mut Vec<PathBuf>,
-) -> anyhow::Result<(Scheduler, String)> {
+) -> anyhow::Result<(Scheduler, String, String)> {
     let name = &pool.name;
     let given = [pool.policy.is_some(), pool.scheduler_config_file.is_some(), pool.scheduler_config.is_some()];
     if given.iter().filter(|g| **g).count() > 1 {
@@ -143,7 +146,7 @@ fn scheduler_for(
     }
     if let Some(p) = &pool.policy {
         let s = Scheduler::from_policy(&p.value).map_err(|e| anyhow!("line {}: pool {name:?}: policy: {e}", at(p)))?;
-        return Ok((s, format!("policy {}", p.value)));
+        return Ok((s, format!("policy {}", p.value), format!("policy {}", p.value)));
     }
     if let Some(f) = &pool.scheduler_config_file {
         let path = base_dir.join(&f.value);
@@ -152,7 +155,7 @@ fn scheduler_for(
         files.push(path.clone());
         let s = igw_sched::config::scheduler_from_yaml(&text)
             .map_err(|e| anyhow!("line {}: pool {name:?}: schedulerConfigFile {}: {e}", at(f), path.display()))?;
-        return Ok((s, format!("schedulerConfigFile {}", path.display())));
+        return Ok((s, format!("schedulerConfigFile {}", path.display()), text));
     }
     if let Some(c) = &pool.scheduler_config {
         if let Some(kind) = &c.value.kind
@@ -162,10 +165,10 @@ fn scheduler_for(
         }
         // Plugin errors carry the plugin's line in this file.
         let s = c.value.build(name).map_err(|e| anyhow!("pool {name:?}: schedulerConfig (line {}): {e}", at(c)))?;
-        return Ok((s, "schedulerConfig (inline)".to_string()));
+        return Ok((s, "schedulerConfig (inline)".to_string(), format!("{:?}", c.value)));
     }
     let s = Scheduler::from_policy(default_policy).context("--policy")?;
-    Ok((s, format!("policy {default_policy}")))
+    Ok((s, format!("policy {default_policy}"), format!("policy {default_policy}")))
 }
 
 /// Parses and validates a configuration file's `text`; `path` locates relative scheduler config
@@ -240,8 +243,17 @@ pub fn parse(text: &str, path: &Path, default_policy: &str) -> anyhow::Result<Ga
             }
             models.push(m.value.clone());
         }
-        let (scheduler, scheduler_source) = scheduler_for(p, line, &base_dir, default_policy, &mut files)?;
-        pools.push(PoolPlan { name: name.clone(), endpoints, models, scheduler, scheduler_source, rewrites: vec![] });
+        let (scheduler, scheduler_source, scheduler_key) =
+            scheduler_for(p, line, &base_dir, default_policy, &mut files)?;
+        pools.push(PoolPlan {
+            name: name.clone(),
+            endpoints,
+            models,
+            scheduler,
+            scheduler_source,
+            scheduler_key,
+            rewrites: vec![],
+        });
     }
     let default_pool = match &spec.default_pool {
         Some(d) => *pool_index

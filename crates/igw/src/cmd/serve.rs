@@ -21,7 +21,7 @@ use igw_sim::{Fleet, FleetConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use super::gateway_config::{self, GatewayPlan, PoolPlan};
+use super::gateway_config::{self, GatewayPlan};
 use super::serve_pools::{ADMIN_STALENESS, PoolSet, Reloader};
 
 /// Default gateway listener.
@@ -139,23 +139,9 @@ impl Serving {
                 (r.gateway().clone(), r.admin().clone(), Some(r), None)
             }
             Source::Static(endpoints) => {
-                let scheduler = igw_sched::Scheduler::from_policy(&args.policy).context("--policy")?;
-                let plan = GatewayPlan {
-                    listen: None,
-                    admin_listen: None,
-                    pools: vec![PoolPlan {
-                        name: args.pool_name.clone(),
-                        endpoints,
-                        models: Vec::new(),
-                        scheduler,
-                        scheduler_source: format!("policy {}", args.policy),
-                        rewrites: Vec::new(),
-                    }],
-                    default_pool: 0,
-                    objectives: Vec::new(),
-                    files: Vec::new(),
-                };
-                let mut pools = PoolSet::build(plan, 1, &args.scrape_config())?;
+                let datastore = Arc::new(igw_core::Datastore::with_endpoints(endpoints));
+                let director = super::picker::build(&datastore, &args.policy)?;
+                let mut pools = PoolSet::single(&args.pool_name, datastore, director, &args.scrape_config());
                 pools.warm_and_start().await;
                 let routes = pools.take_routes().context("routes")?;
                 let admin = Arc::new(PoolsAdmin::new(pools.view(), ADMIN_STALENESS, None));
@@ -207,7 +193,7 @@ impl Serving {
             r.shutdown().await;
         }
         if let Some(p) = self.static_pools {
-            p.stop().await;
+            p.stop(None).await;
         }
     }
 }

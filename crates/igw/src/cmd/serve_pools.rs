@@ -29,12 +29,34 @@ use super::picker::RequestMetricsSource;
 /// Metrics older than this are shown as stale on the admin listener.
 pub const ADMIN_STALENESS: Duration = Duration::from_secs(2);
 
+/// One pool's running parts. A reload that leaves the pool's definition unchanged keeps them
+/// (its in-flight accounting, prefix index and scrapes carry on); otherwise they are replaced.
+struct PoolRuntime {
+    fingerprint: String,
+    datastore: Arc<Datastore>,
+    director: Arc<Director>,
+    scraper: Scraper,
+    follower: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl PoolRuntime {
+    fn follower(&self) -> std::sync::MutexGuard<'_, Option<JoinHandle<()>>> {
+        self.follower.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn stop(&self) {
+        if let Some(f) = self.follower().take() {
+            f.abort();
+        }
+        self.scraper.shutdown().await;
+    }
+}
+
 /// One configuration generation's pools, running.
 pub struct PoolSet {
     routes: Option<Routes<Director>>,
     view: AdminView,
-    scrapers: Vec<(Scraper, Arc<Datastore>)>,
-    followers: Vec<JoinHandle<()>>,
+    pools: Vec<Arc<PoolRuntime>>,
     summary: Vec<serde_json::Value>,
 }
 
@@ -45,43 +67,90 @@ impl std::fmt::Debug for PoolSet {
 }
 
 impl PoolSet {
-    /// Builds datastores, Directors and scrapers for `plan` (nothing is started yet).
-    pub fn build(plan: GatewayPlan, generation: u64, scrape: &ScrapeConfig) -> anyhow::Result<Self> {
+    /// Builds datastores, Directors and scrapers for `plan` (nothing new is started yet). A pool
+    /// of `previous` whose definition (name, endpoints, engine, models, scheduler, rewrites,
+    /// objectives) is unchanged is carried over as it runs.
+    pub fn build(
+        plan: GatewayPlan,
+        generation: u64,
+        scrape: &ScrapeConfig,
+        previous: Option<&PoolSet>,
+    ) -> anyhow::Result<Self> {
         let mut routes = Vec::new();
         let mut view = AdminView::default();
-        let mut scrapers = Vec::new();
+        let mut pools = Vec::new();
         let mut summary = Vec::new();
         for pool in plan.pools {
-            let ds = Arc::new(Datastore::with_endpoints(pool.endpoints));
-            ds.reset_objectives(plan.objectives.iter().cloned());
-            for rw in pool.rewrites {
-                ds.apply_rewrite(rw)?;
-            }
-            let director = Arc::new(Director::new(ds.clone(), Arc::new(pool.scheduler), super::seed()));
+            let fingerprint = format!(
+                "{}|{:?}|{:?}|{}|{:?}|{:?}",
+                pool.name, pool.endpoints, pool.models, pool.scheduler_key, pool.rewrites, plan.objectives
+            );
+            let kept = previous.and_then(|p| p.pools.iter().find(|r| r.fingerprint == fingerprint)).cloned();
+            let rt = match kept {
+                Some(rt) => rt,
+                None => {
+                    let ds = Arc::new(Datastore::with_endpoints(pool.endpoints));
+                    ds.reset_objectives(plan.objectives.iter().cloned());
+                    for rw in pool.rewrites {
+                        ds.apply_rewrite(rw)?;
+                    }
+                    let director = super::picker::director(&ds, pool.scheduler, false);
+                    Arc::new(PoolRuntime {
+                        fingerprint,
+                        datastore: ds,
+                        director,
+                        scraper: Scraper::new(scrape.clone(), EngineRegistry::builtin()),
+                        follower: std::sync::Mutex::new(None),
+                    })
+                }
+            };
             summary.push(serde_json::json!({
                 "name": pool.name,
-                "endpoints": ds.snapshot().endpoints.iter().map(|e| e.address().to_string()).collect::<Vec<_>>(),
+                "endpoints": rt.datastore.snapshot().endpoints.iter().map(|e| e.address().to_string()).collect::<Vec<_>>(),
                 "models": pool.models,
                 "scheduler": pool.scheduler_source,
             }));
-            view.pools.push(AdminPool { name: pool.name.clone(), datastore: ds.clone() });
-            view.metrics.push(Arc::new(RequestMetricsSource(director.metrics().clone())));
-            scrapers.push((Scraper::new(scrape.clone(), EngineRegistry::builtin()), ds));
-            routes.push(PoolRoute { name: pool.name, picker: director, models: pool.models });
+            view.pools.push(AdminPool { name: pool.name.clone(), datastore: rt.datastore.clone() });
+            view.metrics.push(Arc::new(RequestMetricsSource(rt.director.metrics().clone())));
+            routes.push(PoolRoute { name: pool.name, picker: rt.director.clone(), models: pool.models });
+            pools.push(rt);
         }
         let routes = Routes::new(routes, plan.default_pool, generation)?;
-        Ok(PoolSet { routes: Some(routes), view, scrapers, followers: Vec::new(), summary })
+        Ok(PoolSet { routes: Some(routes), view, pools, summary })
     }
 
-    /// Scrapes every endpoint once, concurrently, and publishes what parsed, so the new pools
-    /// start with fresh metrics; then starts the periodic scrapes.
+    /// One pool that takes every model, routed by `director` over `datastore` (`--endpoints`, the
+    /// embedded simulated pool).
+    pub fn single(name: &str, datastore: Arc<Datastore>, director: Arc<Director>, scrape: &ScrapeConfig) -> Self {
+        let rt = Arc::new(PoolRuntime {
+            fingerprint: String::new(),
+            datastore: datastore.clone(),
+            director: director.clone(),
+            scraper: Scraper::new(scrape.clone(), EngineRegistry::builtin()),
+            follower: std::sync::Mutex::new(None),
+        });
+        let view = AdminView {
+            pools: vec![AdminPool { name: name.to_string(), datastore }],
+            metrics: vec![Arc::new(RequestMetricsSource(director.metrics().clone()))],
+        };
+        PoolSet {
+            routes: Some(Routes::single(name, director)),
+            view,
+            pools: vec![rt],
+            summary: vec![serde_json::json!({"name": name})],
+        }
+    }
+
+    /// Scrapes every endpoint of the pools not yet running once, concurrently, and publishes
+    /// what parsed, so new pools start with fresh metrics; then starts their periodic scrapes.
     pub async fn warm_and_start(&mut self) {
         let mut set = JoinSet::new();
-        for (scraper, ds) in &self.scrapers {
-            let snap = ds.snapshot();
+        let fresh: Vec<&Arc<PoolRuntime>> = self.pools.iter().filter(|p| p.follower().is_none()).collect();
+        for rt in &fresh {
+            let snap = rt.datastore.snapshot();
             for ep in &snap.endpoints {
                 let ep = ep.clone();
-                let s = Scraper::new(scraper.config().clone(), scraper.engines().clone());
+                let s = Scraper::new(rt.scraper.config().clone(), rt.scraper.engines().clone());
                 set.spawn(async move {
                     if let Ok(x) = s.scrape_once(&ep).await
                         && x.is_fresh()
@@ -92,7 +161,9 @@ impl PoolSet {
             }
         }
         while set.join_next().await.is_some() {}
-        self.followers = self.scrapers.iter().map(|(s, ds)| s.follow(ds.clone())).collect();
+        for rt in fresh {
+            *rt.follower() = Some(rt.scraper.follow(rt.datastore.clone()));
+        }
     }
 
     /// The admin view of these pools.
@@ -110,13 +181,18 @@ impl PoolSet {
         &self.summary
     }
 
-    /// Stops the scrapers.
-    pub async fn stop(self) {
-        for f in &self.followers {
-            f.abort();
-        }
-        for (s, _) in &self.scrapers {
-            s.shutdown().await;
+    /// How many of these pools `other` carries on (the same running pool).
+    pub fn shared_with(&self, other: &PoolSet) -> usize {
+        self.pools.iter().filter(|p| other.pools.iter().any(|o| Arc::ptr_eq(p, o))).count()
+    }
+
+    /// Stops the scrapers of the pools that `successor` does not carry on.
+    pub async fn stop(self, successor: Option<&PoolSet>) {
+        for p in &self.pools {
+            if successor.is_some_and(|s| s.pools.iter().any(|o| Arc::ptr_eq(p, o))) {
+                continue;
+            }
+            p.stop().await;
         }
     }
 }
@@ -130,6 +206,8 @@ pub struct ReloadEvent {
     pub generation: u64,
     /// The error of the latest attempt, if it failed (the previous generation is still in force).
     pub error: Option<String>,
+    /// Pools the latest successful reload carried over unchanged (running, with their state).
+    pub kept: usize,
 }
 
 /// The configuration's state for `/debug/config` and `/metrics`.
@@ -215,10 +293,10 @@ impl Reloader {
     ) -> anyhow::Result<Arc<Self>> {
         let seen = read_all(plan.files.iter().cloned());
         let listen = (plan.listen, plan.admin_listen);
-        let mut pools = PoolSet::build(plan, 1, &scrape)?;
+        let mut pools = PoolSet::build(plan, 1, &scrape, None)?;
         pools.warm_and_start().await;
         let routes = pools.take_routes().ok_or_else(|| anyhow::anyhow!("routes already taken"))?;
-        let (tx, _) = watch::channel(ReloadEvent { attempts: 1, generation: 1, error: None });
+        let (tx, _) = watch::channel(ReloadEvent { attempts: 1, generation: 1, error: None, kept: 0 });
         let state = Arc::new(ConfigState {
             file: file.clone(),
             tx,
@@ -277,7 +355,7 @@ impl Reloader {
         let built = gateway_config::load(&self.file, &self.policy).and_then(|plan| {
             let files = plan.files.clone();
             let listen = (plan.listen, plan.admin_listen);
-            Ok((PoolSet::build(plan, prev.generation + 1, &self.scrape)?, files, listen))
+            Ok((PoolSet::build(plan, prev.generation + 1, &self.scrape, cur.pools.as_ref())?, files, listen))
         });
         let (mut pools, files, listen) = match built {
             Ok(x) => x,
@@ -285,7 +363,12 @@ impl Reloader {
                 let msg = format!("{e:#}");
                 tracing::error!(error = %msg, "configuration not reloaded; the previous configuration stays in force");
                 self.state.failures.fetch_add(1, Ordering::Relaxed);
-                self.state.tx.send_replace(ReloadEvent { attempts, generation: prev.generation, error: Some(msg) });
+                self.state.tx.send_replace(ReloadEvent {
+                    attempts,
+                    generation: prev.generation,
+                    error: Some(msg),
+                    kept: prev.kept,
+                });
                 return;
             }
         };
@@ -298,6 +381,7 @@ impl Reloader {
         self.gateway.set_routes(routes);
         self.admin.set_view(pools.view());
         *self.state.pools.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = pools.summary().to_vec();
+        let kept = cur.pools.as_ref().map_or(0, |old| old.shared_with(&pools));
         let old = cur.pools.replace(pools);
         cur.listen = listen;
         // Watch exactly the files this generation was read from.
@@ -308,10 +392,10 @@ impl Reloader {
                 (f, contents)
             })
             .collect();
-        tracing::info!(generation, file = %self.file.display(), "configuration reloaded");
-        self.state.tx.send_replace(ReloadEvent { attempts, generation, error: None });
+        tracing::info!(generation, kept, file = %self.file.display(), "configuration reloaded");
+        self.state.tx.send_replace(ReloadEvent { attempts, generation, error: None, kept });
         if let Some(old) = old {
-            old.stop().await;
+            old.stop(cur.pools.as_ref()).await;
         }
     }
 
@@ -339,7 +423,7 @@ impl Reloader {
     /// Stops the pools' scrapers.
     pub async fn shutdown(&self) {
         if let Some(p) = self.current.lock().await.pools.take() {
-            p.stop().await;
+            p.stop(None).await;
         }
     }
 }

@@ -148,12 +148,15 @@ async fn config_routes_models_reloads_on_change_and_keeps_serving_through_a_brok
     write_atomically(&path, &two_pools(&fa, &fb, rewrite));
     let ev = events.wait_for(|e| e.attempts >= 2).await.unwrap().clone();
     assert_eq!((ev.generation, ev.error), (2, None));
+    assert_eq!(ev.kept, 1, "pool-a is unchanged and keeps running with its state; pool-b is rebuilt");
     let (st, served, body) = call(s.addr, "/v1/completions", &completion("latest", 2)).await;
     assert_eq!((st, served), (StatusCode::OK, Some(fb.addrs()[0])), "the new routing is in force");
     let v: serde_json::Value = serde_json::from_slice(&body.unwrap()).unwrap();
     assert_eq!(v["model"], "latest", "the client's model name is written back");
     let rest = in_flight.collect().await.unwrap().to_bytes();
     assert!(String::from_utf8_lossy(&rest).trim_end().ends_with("data: [DONE]"), "the old request completed");
+    let eps = get_json(s.admin_addr, "/debug/endpoints").await;
+    assert!(eps["endpoints"].as_array().unwrap().iter().all(|e| e["in_flight_requests"] == 0), "{eps}");
 
     // A broken file: logged, reported, and the previous configuration keeps serving.
     write_atomically(
