@@ -145,3 +145,21 @@ fn deploy_k8s_base_is_the_current_default_output() {
          (or IGW_UPDATE_MANIFESTS=1 cargo test -p igw-k8s --test manifests)"
     );
 }
+
+/// The gateway examples route to the default install's pool through a Gateway they declare.
+#[test]
+fn gateway_examples_route_to_the_default_pool() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/k8s/examples");
+    let pool = manifests::pool(&InstallOptions::default());
+    for name in ["envoy-gateway", "kgateway", "istio", "gke"] {
+        let docs = parse(&std::fs::read_to_string(dir.join(format!("{name}.yaml"))).unwrap());
+        let gw = docs.iter().find(|d| d["kind"] == "Gateway").unwrap_or_else(|| panic!("{name}: no Gateway"));
+        let route = docs.iter().find(|d| d["kind"] == "HTTPRoute").unwrap_or_else(|| panic!("{name}: no HTTPRoute"));
+        assert_eq!(route["spec"]["parentRefs"][0]["name"], gw["metadata"]["name"], "{name}");
+        let backend = &route["spec"]["rules"][0]["backendRefs"][0];
+        assert_eq!(backend["group"], "inference.networking.k8s.io", "{name}");
+        assert_eq!(backend["kind"], "InferencePool", "{name}");
+        assert_eq!(backend["name"].as_str(), pool.metadata.name.as_deref(), "{name}");
+        assert_eq!(route["metadata"]["namespace"].as_str(), pool.metadata.namespace.as_deref(), "{name}");
+    }
+}

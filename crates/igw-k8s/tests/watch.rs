@@ -88,3 +88,64 @@ fn flags_choose_the_target() {
     };
     assert!(matches!(c.target().unwrap(), Target::Selector(_)));
 }
+
+/// `start_with` against a tower-test mock API server: the CRD probes, the list calls (the pool
+/// by field selector) and the watches it makes, ending synced with the listed pod as endpoint.
+#[tokio::test]
+async fn start_with_lists_and_watches_through_a_kube_client() {
+    use http::{Request, Response};
+    use kube::client::Body;
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "ns");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = seen.clone();
+    let server = tokio::spawn(async move {
+        while let Some((req, send)) = handle.next_request().await {
+            let uri = req.uri().to_string();
+            log.lock().unwrap().push(uri.clone());
+            let ok =
+                |v: serde_json::Value| Response::builder().body(Body::from(serde_json::to_vec(&v).unwrap())).unwrap();
+            let reply = if uri.contains("watch=true") {
+                // An empty watch: the stream ends and the watcher would reconnect later.
+                Response::builder().body(Body::empty()).unwrap()
+            } else if uri.contains("inferenceobjectives") || uri.contains("inferencemodelrewrites") {
+                Response::builder()
+                    .status(404)
+                    .body(Body::from(
+                        serde_json::to_vec(&json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": "NotFound", "code": 404})).unwrap(),
+                    ))
+                    .unwrap()
+            } else if uri.contains("/inferencepools") {
+                ok(
+                    json!({"apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePoolList", "metadata": {"resourceVersion": "5"},
+                    "items": [{"apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool", "metadata": {"name": "p", "namespace": "ns"},
+                        "spec": {"selector": {"matchLabels": {"app": "m"}}, "targetPorts": [{"number": 8000}]}}]}),
+                )
+            } else if uri.contains("/pods") {
+                ok(json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "5"},
+                    "items": [serde_json::to_value(pod("a", "10.0.0.1")).unwrap()]}))
+            } else {
+                Response::builder().status(500).body(Body::empty()).unwrap()
+            };
+            send.send_response(reply);
+        }
+    });
+    let ds = Arc::new(Datastore::new());
+    let mut d =
+        igw_k8s::watch::start_with(client, ds.clone(), Target::Pool { name: "p".into(), namespace: "ns".into() })
+            .await
+            .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), d.synced.wait_for(|s| *s)).await.unwrap().unwrap();
+    let addrs: Vec<String> = ds.snapshot().endpoints.iter().map(|e| e.address().to_string()).collect();
+    assert_eq!(addrs, ["10.0.0.1:8000"]);
+    d.task.abort();
+    server.abort();
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|u| u.starts_with("/apis/inference.networking.k8s.io/v1/namespaces/ns/inferencepools?")
+            && u.contains("fieldSelector=metadata.name%3Dp")),
+        "{seen:?}"
+    );
+    assert!(seen.iter().any(|u| u.starts_with("/api/v1/namespaces/ns/pods?")), "{seen:?}");
+    assert!(seen.iter().any(|u| u.contains("inferenceobjectives") && u.contains("limit=1")), "{seen:?}");
+}
