@@ -63,7 +63,12 @@ type Body = BoxBody<Bytes, Infallible>;
 /// A model server: echoes who served, the model and the body length; `/stream` sends three SSE
 /// events 200 ms apart.
 async fn backend() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    backend_on("127.0.0.1").await
+}
+
+/// [`backend`] on another loopback address (Linux routes all of 127.0.0.0/8 to lo).
+async fn backend_on(ip: &str) -> SocketAddr {
+    let l = TcpListener::bind((ip, 0)).await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
@@ -189,7 +194,12 @@ fn http() -> Client<HttpConnector, Full<Bytes>> {
 }
 
 async fn start_envoy(bin: &Path, template: &str, vars: &[(&str, String)]) -> Envoy {
-    let mut yaml = std::fs::read_to_string(repo_root().join("deploy/envoy").join(template)).unwrap();
+    let yaml = std::fs::read_to_string(repo_root().join("deploy/envoy").join(template)).unwrap();
+    start_envoy_yaml(bin, template, yaml, vars).await
+}
+
+/// Starts Envoy on a template's text (for variants a test derives from a shipped config).
+async fn start_envoy_yaml(bin: &Path, template: &str, mut yaml: String, vars: &[(&str, String)]) -> Envoy {
     for (k, v) in vars.iter().chain(&[("LISTEN_PORT", "0".to_string()), ("ADMIN_PORT", "0".to_string())]) {
         yaml = yaml.replace(&format!("{{{{{k}}}}}"), v);
     }
@@ -423,6 +433,84 @@ async fn envoy_conformance_test_mode() {
     }
     let r = send(&envoy, "POST", "/v1/completions", &[("test-epp-endpoint-selection", "10.9.9.9")], COMPLETION).await;
     assert_eq!(r.status, 503, "{:?}", r.body);
+    wait_idle(&epp.picker).await;
+}
+
+/// The gateway's subset hint (set here by Envoy's `set_metadata` filter, forwarded to the EPP in
+/// `envoy.lb.subset_hint`) confines the pick; a hint naming no pool endpoint is a 503.
+#[tokio::test]
+async fn envoy_subset_hint_confines_the_pick() {
+    let Some(bin) = envoy_bin() else { return };
+    // Hints match by IP (every rank of a pod stays eligible, as upstream), so the two backends
+    // listen on different loopback addresses.
+    let (b1, b2) = (backend_on("127.0.0.1").await, backend_on("127.0.0.2").await);
+    let epp = epp(false, &[b1, b2]).await;
+    let template = std::fs::read_to_string(repo_root().join("deploy/envoy/extproc-plaintext.yaml")).unwrap();
+    let with_hint = |hint: &str| {
+        let filter = format!(
+            "          - name: envoy.filters.http.set_metadata\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.set_metadata.v3.Config\n              metadata:\n              - metadata_namespace: envoy.lb.subset_hint\n                value:\n                  x-gateway-destination-endpoint-subset: [\"{hint}\"]\n"
+        );
+        let anchor = "          - name: envoy.filters.http.ext_proc\n";
+        assert!(template.contains(anchor));
+        template.replacen(anchor, &format!("{filter}{anchor}"), 1)
+    };
+    // FixedPicker's first choice is b1; the hint names only b2.
+    let envoy =
+        start_envoy_yaml(&bin, "subset-b2", with_hint(&b2.to_string()), &[("EPP_PORT", epp.port.to_string())]).await;
+    for _ in 0..3 {
+        let r = send(&envoy, "POST", "/v1/completions", &[], COMPLETION).await;
+        assert_eq!((r.status, r.served_by), (200, Some(b2.to_string())));
+    }
+    drop(envoy);
+    let envoy =
+        start_envoy_yaml(&bin, "subset-none", with_hint("10.9.9.9:1"), &[("EPP_PORT", epp.port.to_string())]).await;
+    let r = send(&envoy, "POST", "/v1/completions", &[], COMPLETION).await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert!(r.body.starts_with(b"inference error: ServiceUnavailable - "), "{:?}", r.body);
+    wait_idle(&epp.picker).await;
+}
+
+/// With `failure_mode_allow: false` (the shipped configs), an unreachable EPP fails the request
+/// closed with a 5xx; an EPP with no endpoints answers 503 through Envoy.
+#[tokio::test]
+async fn envoy_fail_closed_and_empty_pool() {
+    let Some(bin) = envoy_bin() else { return };
+    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let envoy = start_envoy(&bin, "extproc-plaintext.yaml", &[("EPP_PORT", dead_port.to_string())]).await;
+    let r = send(&envoy, "POST", "/v1/completions", &[], COMPLETION).await;
+    assert!(r.status >= 500, "fail closed: {} {:?}", r.status, r.body);
+    assert_eq!(r.served_by, None);
+    drop(envoy);
+
+    let epp = epp(false, &[]).await;
+    let envoy = start_envoy(&bin, "extproc-plaintext.yaml", &[("EPP_PORT", epp.port.to_string())]).await;
+    let r = send(&envoy, "POST", "/v1/completions", &[], COMPLETION).await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert!(r.body.starts_with(b"inference error: ServiceUnavailable - "), "{:?}", r.body);
+}
+
+/// A client that goes away mid-stream: Envoy resets the ext_proc stream and the pick's load is
+/// released.
+#[tokio::test]
+async fn envoy_client_abort_mid_stream_releases_the_pick() {
+    let Some(bin) = envoy_bin() else { return };
+    let b1 = backend().await;
+    let epp = epp(false, &[b1]).await;
+    let envoy = start_envoy(&bin, "extproc-plaintext.yaml", &[("EPP_PORT", epp.port.to_string())]).await;
+    let req = Request::builder()
+        .method("POST")
+        .uri(format!("http://127.0.0.1:{}/stream", envoy.port))
+        .body(Full::new(Bytes::from_static(br#"{"model":"m","prompt":"p","stream":true}"#)))
+        .unwrap();
+    let resp = http().request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first.is_data());
+    assert_eq!(epp.picker.0.in_flight(), 1, "the stream is still being served");
+    drop(body);
     wait_idle(&epp.picker).await;
 }
 
