@@ -258,11 +258,28 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     drop(pools);
 
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    wait_for_ctrl_c(serving.reloader.clone()).await?;
     tracing::info!("shutting down: draining in-flight requests");
     serving.shutdown().await;
     if let Some(fleet) = fleet {
         fleet.shutdown().await;
     }
     Ok(())
+}
+
+/// Waits for Ctrl-C; meanwhile SIGHUP reloads the configuration file now.
+async fn wait_for_ctrl_c(reloader: Option<Arc<Reloader>>) -> anyhow::Result<()> {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("SIGHUP")?;
+    loop {
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => return r.context("waiting for Ctrl-C"),
+            _ = hup.recv() => match &reloader {
+                Some(r) => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    r.reload().await;
+                }
+                None => tracing::info!("SIGHUP ignored: no --config file"),
+            },
+        }
+    }
 }

@@ -332,6 +332,12 @@ impl Reloader {
         self.state.tx.subscribe()
     }
 
+    /// Loads the file now (SIGHUP) and, if it is valid, swaps to it.
+    pub async fn reload(&self) {
+        let mut cur = self.current.lock().await;
+        self.reload_locked(&mut cur).await;
+    }
+
     /// Reloads if any configuration file changed since the last load attempt; returns whether
     /// it tried.
     pub async fn reload_if_changed(&self) -> bool {

@@ -331,3 +331,33 @@ fn an_invalid_file_is_rejected_at_start_with_the_line() {
     assert!(e.contains("polcy") && e.contains("line 4") && e.contains("gateway.yaml"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_scheduler_config_file_is_reloaded_and_a_broken_one_is_reported_with_its_line() {
+    let f = fleet("m", "127.0.0.1", 0.02).await;
+    let dir = temp_dir("eppfile");
+    let (path, epp) = (dir.join("gateway.yaml"), dir.join("epp.yaml"));
+    write_atomically(&epp, igw_sched::config::DEFAULT_CONFIG);
+    let text =
+        format!("pools:\n- name: p\n  endpoints: [{}]\n  models: [m]\n  schedulerConfigFile: epp.yaml\n", f.addrs()[0]);
+    write_atomically(&path, &text);
+    let s = start(Source::Config(path.clone(), gateway_config::load(&path, "igw").unwrap())).await;
+    let mut events = s.reloader.clone().unwrap().subscribe();
+
+    write_atomically(&epp, "plugins:\n- type: queue-scorer\n");
+    let ev = events.wait_for(|e| e.attempts >= 2).await.unwrap().clone();
+    assert_eq!((ev.generation, ev.error, ev.kept), (2, None, 0), "the pool is rebuilt with the new scheduler");
+    let cfg = get_json(s.admin_addr, "/debug/config").await;
+    assert!(cfg["pools"][0]["scheduler"].as_str().unwrap().contains("epp.yaml"), "{cfg}");
+
+    write_atomically(&epp, "plugins:\n- type: queue-scorer\n- type: no-such-scorer\n");
+    let ev = events.wait_for(|e| e.attempts >= 3).await.unwrap().clone();
+    let err = ev.error.unwrap();
+    assert!(err.contains("epp.yaml") && err.contains("line 3") && err.contains("no-such-scorer"), "{err}");
+    assert_eq!(ev.generation, 2);
+    let (status, served, _) = call(s.addr, "/v1/completions", &completion("m", 2)).await;
+    assert_eq!((status, served), (StatusCode::OK, Some(f.addrs()[0])));
+    s.shutdown().await;
+    f.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
