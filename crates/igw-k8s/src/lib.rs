@@ -10,6 +10,7 @@ pub mod error;
 pub mod lease;
 pub mod legacy;
 pub mod manifests;
+pub mod readiness;
 pub mod reconcile;
 pub mod shared;
 pub mod watch;
