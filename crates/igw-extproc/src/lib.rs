@@ -15,6 +15,8 @@ mod conn;
 pub mod health;
 pub mod lifecycle;
 pub mod metadata;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod picker;
 pub mod server;
 pub mod stream;

@@ -160,6 +160,9 @@ pub struct StreamState {
     served_report: ServedReport,
     /// The primary endpoint picked (for the verifier).
     selected: Option<SocketAddr>,
+    /// The request's OpenTelemetry spans.
+    #[cfg(feature = "otel")]
+    span: Option<crate::otel::RequestSpan>,
 }
 
 /// What the `envoy.lb` metadata said about the endpoint that served the response.
@@ -206,6 +209,8 @@ impl StreamState {
             served: None,
             served_report: ServedReport::NoLbMetadata,
             selected: None,
+            #[cfg(feature = "otel")]
+            span: None,
         }
     }
 
@@ -272,6 +277,10 @@ impl StreamState {
         let destination = mutations.set_destination(&picked.endpoints);
         self.selected = picked.endpoints.first().copied();
         self.echo_selected(&mut mutations);
+        #[cfg(feature = "otel")]
+        if let Some(span) = &mut self.span {
+            span.picked(Ok(&destination), &mut mutations);
+        }
         self.tracker = prepared.response_tracker();
         self.restorer = prepared.model_restorer();
         self.picked = Some(picked);
@@ -330,6 +339,10 @@ impl StreamState {
             .map(|hv| (hv.key.clone(), header_value(hv).into_owned()))
             .collect();
         let head = RequestHead::new(None, pairs, rand::rng().random());
+        #[cfg(feature = "otel")]
+        {
+            self.span = Some(crate::otel::RequestSpan::start(&head.headers));
+        }
         if h.end_of_stream || self.request_mode == RequestMode::NoBody {
             return self.route_without_body(head);
         }
@@ -360,6 +373,10 @@ impl StreamState {
             mutations.remove_header(DESTINATION_ENDPOINT_SERVED);
         }
         let destination = mutations.set_destination(&[addr]);
+        #[cfg(feature = "otel")]
+        if let Some(span) = &mut self.span {
+            span.picked(Ok(&destination), &mut mutations);
+        }
         self.phase = Phase::Response;
         Ok(Step::Reply(vec![request_headers_response(&mutations, &destination)]))
     }
@@ -405,6 +422,10 @@ impl StreamState {
             Prepared::NoBody(_) => return Err(RequestError::internal("request with a body prepared as body-less")),
         };
         self.phase = Phase::Picking;
+        #[cfg(feature = "otel")]
+        if let Some(span) = &mut self.span {
+            span.start_orchestration(&prepared.request.model, &prepared.request.target_model);
+        }
         Ok(Step::Pick(PendingPick { prepared, subset: self.subset.clone(), ended_by_trailers }))
     }
 
@@ -539,6 +560,10 @@ impl StreamState {
     /// error that ends the stream.
     fn fail(&mut self, e: RequestError) -> Step {
         self.phase = Phase::Done;
+        #[cfg(feature = "otel")]
+        if let Some(span) = &mut self.span {
+            span.failed(e.http_status(), &e.to_string());
+        }
         match e.immediate_status() {
             Some(status) => Step::Reply(vec![immediate_response(status, &e)]),
             None => {

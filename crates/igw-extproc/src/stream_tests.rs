@@ -683,3 +683,47 @@ fn conformance_verifier_reports_the_served_endpoint() {
     let Some(processing_response::Response::ResponseHeaders(h)) = &out[0].response else { panic!("{out:?}") };
     assert!(h.response.is_none());
 }
+
+/// With a tracer provider installed, a request continues the caller's trace: `gateway.request`
+/// is a child of the incoming `traceparent`, `gateway.request_orchestration` a child of it, and
+/// the upstream request carries the request span's context.
+#[cfg(feature = "otel")]
+#[test]
+fn otel_spans_continue_the_callers_trace() {
+    use opentelemetry::trace::TraceContextExt as _;
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+    let _ = opentelemetry::Context::current().span();
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let p = picker_with(EPS, 1);
+    let mut s = state(&p);
+    let traceparent = format!("00-{trace_id}-{caller_span}-01");
+    feed(&mut s, headers(&[(":method", "POST"), (":path", "/v1/completions"), ("traceparent", &traceparent)], false));
+    let out = feed(&mut s, body(BODY, true));
+    let set = set_headers(request_headers_of(&out[0]).0);
+    let injected = get(&set, "traceparent").expect("trace context injected upstream").to_string();
+    feed(&mut s, resp_headers(&[(":status", "200")], true));
+    drop(s);
+    provider.force_flush().unwrap();
+    let spans = exporter.get_finished_spans().unwrap();
+    let request = spans.iter().find(|s| s.name == "gateway.request").expect("request span");
+    let orch = spans.iter().find(|s| s.name == "gateway.request_orchestration").expect("orchestration span");
+    assert_eq!(request.span_context.trace_id().to_string(), trace_id);
+    assert_eq!(request.parent_span_id.to_string(), caller_span);
+    assert_eq!(orch.parent_span_id, request.span_context.span_id());
+    assert_eq!(injected, format!("00-{trace_id}-{}-01", request.span_context.span_id()));
+    assert!(
+        request
+            .attributes
+            .iter()
+            .any(|kv| kv.key.as_str() == "gateway.destination_endpoint" && kv.value.as_str() == "10.0.0.1:8000"),
+        "{:?}",
+        request.attributes
+    );
+}

@@ -108,6 +108,12 @@ pub struct EppArgs {
     /// being answered 429.
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub flow_control: bool,
+    /// OpenTelemetry tracing (upstream's default: on). Effective in builds with the `otel` cargo
+    /// feature: spans `gateway.request` / `gateway.request_orchestration` over OTLP/gRPC and W3C
+    /// trace context injected into the request to the model server; configured by `OTEL_*`
+    /// environment variables.
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub tracing: bool,
     /// Log verbosity (2 default, 3 verbose, 4 debug, 5 trace).
     #[arg(short = 'v', long = "v", default_value_t = 2)]
     pub verbosity: u8,
@@ -149,6 +155,7 @@ pub fn run(args: EppArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: EppArgs) -> anyhow::Result<()> {
+    let _otel = super::tracing_otel::init(args.tracing)?;
     let endpoints = EndpointMeta::parse_list(&args.endpoints.join(",")).context("--endpoints")?;
     let datastore = Arc::new(Datastore::with_endpoints(endpoints));
     // Kubernetes mode (--pool-name / --endpoint-selector): igw-k8s's watchers feed the datastore.

@@ -13,6 +13,7 @@ pub mod serve_pools;
 #[cfg(test)]
 mod serve_tests;
 pub mod sim;
+pub mod tracing_otel;
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging() {
