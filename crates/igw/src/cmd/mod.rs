@@ -2,11 +2,11 @@
 
 pub mod bbr;
 pub mod bench;
-pub mod crds;
 pub mod bench_extproc;
+pub mod crds;
 pub mod epp;
-pub mod manifests;
 pub mod gateway_config;
+pub mod manifests;
 pub mod picker;
 pub mod serve;
 pub mod serve_pools;
