@@ -142,7 +142,7 @@ fn deploy_k8s_base_is_the_current_default_output() {
     assert!(
         have == want,
         "deploy/k8s/base/install.yaml is stale: run `igw manifests > deploy/k8s/base/install.yaml` \
-         (or IGW_UPDATE_MANIFESTS=1 cargo test -p igw-k8s --test manifests)"
+         (or IGW_UPDATE_MANIFESTS=1 cargo test -p igw-k8s --test it manifests)"
     );
 }
 
