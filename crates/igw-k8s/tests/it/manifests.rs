@@ -163,3 +163,31 @@ fn gateway_examples_route_to_the_default_pool() {
         assert_eq!(route["metadata"]["namespace"].as_str(), pool.metadata.namespace.as_deref(), "{name}");
     }
 }
+
+/// The Grafana dashboard is valid JSON and queries only metrics upstream's EPP defines (igw
+/// exports them under the same names).
+#[test]
+fn grafana_dashboard_queries_known_metrics() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("../../deploy/k8s/grafana/igw-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let spec = std::fs::read_to_string(root.join("../../../shared/spec/epp-protocol.md")).unwrap();
+    let panels = dash["panels"].as_array().unwrap();
+    assert!(panels.len() >= 6);
+    for p in panels {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            let names: Vec<&str> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("inference_"))
+                .collect();
+            assert!(!names.is_empty(), "{expr}");
+            for n in names {
+                let base = ["_bucket", "_count", "_sum"].iter().fold(n, |n, s| n.strip_suffix(s).unwrap_or(n));
+                assert!(spec.contains(&format!("`{base}`")), "{base} is not an EPP metric");
+            }
+        }
+    }
+}
