@@ -10,6 +10,7 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use igw_core::time::{Clock, process_clock};
 use igw_core::{Endpoint, Instant};
+use igw_request::flow_gate::{FlowGate, Ticket};
 use igw_request::{
     ModelNameRestorer, Picker, Prepared, PreparedRequest, RequestError, RequestHead, ResponseTracker, candidates,
     headers, pick_random_endpoint,
@@ -175,6 +176,16 @@ impl<P: Picker> Gateway<P> {
             Ok(Prepared::NoBody(_)) => return Ok(self.passthrough(picker, parts, Bytes::new()).await),
             Err(e) => return Ok(err_response(&e)),
         };
+        // Flow control: wait for room in the pool. A client that goes away drops this future,
+        // which takes the request out of its queue.
+        let flow = match &pool.flow {
+            Some(gate) => match gate.admit(&prepared).await {
+                Ok(ticket) => Some(FlowRelease { gate: gate.clone(), ticket, done: false }),
+                Err(e) => return Ok(err_response(&e)),
+            },
+            None => None,
+        };
+        let snapshot = if flow.is_some() { picker.snapshot() } else { snapshot };
         let cands = match candidates(&snapshot, subset.as_ref()) {
             Ok(c) => c,
             Err(e) => return Ok(err_response(&e)),
@@ -201,7 +212,7 @@ impl<P: Picker> Gateway<P> {
                     tracing::debug!(endpoint = %endpoint.address(), "replica answered 503; trying the next candidate");
                     last_err = Some(format!("replica {} answered 503", endpoint.address()));
                 }
-                Ok(resp) => return Ok(Self::stream_back(picker, resp, &prepared, state, endpoint.clone())),
+                Ok(resp) => return Ok(Self::stream_back(picker, resp, &prepared, state, endpoint.clone(), flow)),
                 Err(e) => {
                     picker.finished(&state, endpoint, None, now());
                     tracing::warn!(error = %e, "upstream attempt failed; trying the next candidate");
@@ -219,6 +230,7 @@ impl<P: Picker> Gateway<P> {
         prepared: &PreparedRequest,
         state: Arc<P::State>,
         endpoint: Arc<Endpoint>,
+        flow: Option<FlowRelease>,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = resp.into_parts();
         let mut tracker = prepared.response_tracker();
@@ -232,7 +244,7 @@ impl<P: Picker> Gateway<P> {
         if let Ok(v) = HeaderValue::from_str(&endpoint.address().to_string()) {
             parts.headers.insert(HeaderName::from_static(SERVED_HEADER), v);
         }
-        let observer = Accounting { picker: picker.clone(), state, endpoint, tracker, restorer };
+        let observer = Accounting { picker: picker.clone(), state, endpoint, tracker, restorer, flow };
         Response::from_parts(parts, Either::Right(ObservedBody::new(body, Box::new(observer))))
     }
 
@@ -291,6 +303,30 @@ struct Accounting<P: Picker> {
     endpoint: Arc<Endpoint>,
     tracker: ResponseTracker,
     restorer: ModelNameRestorer,
+    flow: Option<FlowRelease>,
+}
+
+/// A request flow control released: when it ends (or is dropped on any early return), its place
+/// in the pool frees and the gate runs a dispatch cycle.
+struct FlowRelease {
+    gate: Arc<FlowGate>,
+    ticket: Ticket,
+    done: bool,
+}
+
+impl FlowRelease {
+    fn finish(mut self, usage: Option<igw_request::Usage>) {
+        self.gate.served(&self.ticket, usage);
+        self.done = true;
+    }
+}
+
+impl Drop for FlowRelease {
+    fn drop(&mut self) {
+        if !self.done {
+            self.gate.served(&self.ticket, None);
+        }
+    }
 }
 
 impl<P: Picker> ResponseObserver for Accounting<P> {
@@ -309,6 +345,9 @@ impl<P: Picker> ResponseObserver for Accounting<P> {
             tracing::debug!(?outcome, endpoint = %self.endpoint.address(), "response ended early");
         }
         self.picker.finished(&self.state, &self.endpoint, Some(&summary), now());
+        if let Some(f) = self.flow.take() {
+            f.finish(summary.usage);
+        }
     }
 }
 

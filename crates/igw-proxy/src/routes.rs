@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use igw_request::Picker;
+use igw_request::flow_gate::FlowGate;
 use serde::Deserialize;
 
 /// One pool: a name, the picker over its datastore, and the models it serves.
@@ -18,6 +19,9 @@ pub struct PoolRoute<P> {
     pub picker: Arc<P>,
     /// Model names declared for this pool (base models and client-facing names of rewrites).
     pub models: Vec<String>,
+    /// Flow control in front of the pool's picker, when on: requests wait here until the pool
+    /// has room.
+    pub flow: Option<Arc<FlowGate>>,
 }
 
 impl<P> std::fmt::Debug for PoolRoute<P> {
@@ -77,8 +81,13 @@ impl<P> std::fmt::Debug for Routes<P> {
 impl<P: Picker> Routes<P> {
     /// One pool that takes every model (`--endpoints`, the embedded simulated pool).
     pub fn single(name: impl Into<String>, picker: Arc<P>) -> Self {
+        Self::single_with_flow(name, picker, None)
+    }
+
+    /// [`single`](Self::single) with flow control in front of the picker.
+    pub fn single_with_flow(name: impl Into<String>, picker: Arc<P>, flow: Option<Arc<FlowGate>>) -> Self {
         Routes {
-            pools: vec![Arc::new(PoolRoute { name: name.into(), picker, models: Vec::new() })],
+            pools: vec![Arc::new(PoolRoute { name: name.into(), picker, models: Vec::new(), flow })],
             by_model: HashMap::new(),
             default_pool: 0,
             generation: 0,
@@ -209,6 +218,7 @@ mod tests {
             name: name.into(),
             picker: Arc::new(RandomPicker::new(ds, 1)),
             models: models.iter().map(|s| s.to_string()).collect(),
+            flow: None,
         }
     }
 

@@ -170,6 +170,7 @@ async fn models_route_to_their_pool_unknown_models_get_404_and_routes_swap() {
             name: name.to_string(),
             picker: Arc::new(RandomPicker::new(ds, 7)),
             models: models.iter().map(|m| m.to_string()).collect(),
+            flow: None,
         }
     };
     let routes = Routes::new(vec![pool("a", &fa, &["model-a"]), pool("b", &fb, &["model-b"])], 0, 1).unwrap();
@@ -221,4 +222,80 @@ async fn models_route_to_their_pool_unknown_models_get_404_and_routes_swap() {
     assert_eq!(served(&h), fb.addrs()[0]);
     fa.shutdown().await;
     fb.shutdown().await;
+}
+
+/// Flow control in front of a pool: a request waits while the pool is saturated (a client that
+/// gives up leaves the queue), and is served once the pool has room.
+#[tokio::test]
+async fn flow_control_holds_requests_until_the_pool_has_room() {
+    use igw_core::EndpointMetrics;
+    use igw_core::time::{Clock, process_clock};
+    use igw_proxy::routes::Routes;
+    use igw_request::flow_gate::FlowGate;
+    use igw_sched::detector::UtilizationDetector;
+    use igw_sched::flow::FlowConfig;
+
+    let mut cfg = FleetConfig::new(Profile::llama2_7b_h100());
+    cfg.time_scale = 0.01;
+    cfg.model = MODEL.to_string();
+    let fleet = Fleet::bind(cfg, 1, 0).await.unwrap();
+    let ds = Arc::new(Datastore::with_endpoints(fleet.addrs().iter().map(|a| EndpointMeta::from_addr(*a))));
+    // No scraper here: the test sets the metrics the gate sees.
+    let set_waiting = |waiting| {
+        let now = process_clock().now();
+        ds.snapshot().endpoints[0].set_metrics(EndpointMetrics {
+            waiting,
+            update_time: Some(now),
+            ..Default::default()
+        });
+    };
+    set_waiting(50);
+    let det = UtilizationDetector { staleness: Duration::from_secs(3600), ..Default::default() };
+    let gate = Arc::new(FlowGate::new(FlowConfig::igw(), ds.clone(), det, Arc::new(*process_clock()), "p").unwrap());
+    let routes = Routes::single_with_flow("p", Arc::new(RandomPicker::new(ds.clone(), 1)), Some(gate.clone()));
+    let gw = Arc::new(Gateway::with_routes(routes, GatewayConfig::default()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(igw_proxy::listener::serve(
+        listener,
+        move |req| gw.clone().handle(req),
+        async {
+            let _ = rx.await;
+        },
+        Duration::from_secs(1),
+    ));
+    let body = format!(r#"{{"model":"{MODEL}","prompt":"hi","max_tokens":2}}"#);
+    let wait_queued = |n: usize| {
+        let gate = gate.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while gate.len() != n {
+                assert!(std::time::Instant::now() < deadline, "queue never reached {n}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+
+    // A client that gives up while queued takes its request out of the queue.
+    let (u, b) = (url.clone(), body.clone());
+    let impatient = tokio::spawn(async move { post(&u, "/v1/completions", &b).await });
+    wait_queued(1).await;
+    impatient.abort();
+    wait_queued(0).await;
+
+    // A patient one is served as soon as the pool has room.
+    let (u, b) = (url.clone(), body.clone());
+    let patient = tokio::spawn(async move { post(&u, "/v1/completions", &b).await });
+    wait_queued(1).await;
+    set_waiting(0);
+    gate.cycle();
+    let (status, _, body) = patient.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    assert_eq!(in_flight(&ds), 0);
+    let mut m = String::new();
+    gate.metrics().render(&mut m);
+    assert!(m.contains("outcome=\"EvictedContextCancelled\""), "{m}");
+    assert!(m.contains("outcome=\"Dispatched\""), "{m}");
+    fleet.shutdown().await;
 }

@@ -109,6 +109,8 @@ pub struct PoolPlan {
     pub scheduler_key: String,
     /// Rewrites applied in this pool's datastore.
     pub rewrites: Vec<ModelRewrite>,
+    /// Flow control, when the pool's EndpointPickerConfig turns on the `flowControl` feature gate.
+    pub flow: Option<igw_sched::flow::FlowConfig>,
 }
 
 /// A gateway configuration, validated and ready to start.
@@ -138,7 +140,7 @@ fn scheduler_for(
     base_dir: &Path,
     default_policy: &str,
     files: &mut Vec<PathBuf>,
-) -> anyhow::Result<(Scheduler, String, String)> {
+) -> anyhow::Result<(Scheduler, String, String, Option<igw_sched::flow::FlowConfig>)> {
     let name = &pool.name;
     let given = [pool.policy.is_some(), pool.scheduler_config_file.is_some(), pool.scheduler_config.is_some()];
     if given.iter().filter(|g| **g).count() > 1 {
@@ -146,16 +148,20 @@ fn scheduler_for(
     }
     if let Some(p) = &pool.policy {
         let s = Scheduler::from_policy(&p.value).map_err(|e| anyhow!("line {}: pool {name:?}: policy: {e}", at(p)))?;
-        return Ok((s, format!("policy {}", p.value), format!("policy {}", p.value)));
+        return Ok((s, format!("policy {}", p.value), format!("policy {}", p.value), None));
     }
     if let Some(f) = &pool.scheduler_config_file {
         let path = base_dir.join(&f.value);
         let text = std::fs::read_to_string(&path)
             .map_err(|e| anyhow!("line {}: pool {name:?}: schedulerConfigFile {}: {e}", at(f), path.display()))?;
         files.push(path.clone());
-        let s = igw_sched::config::scheduler_from_yaml(&text)
-            .map_err(|e| anyhow!("line {}: pool {name:?}: schedulerConfigFile {}: {e}", at(f), path.display()))?;
-        return Ok((s, format!("schedulerConfigFile {}", path.display()), text));
+        let err = |e: igw_sched::config::ConfigError| {
+            anyhow!("line {}: pool {name:?}: schedulerConfigFile {}: {e}", at(f), path.display())
+        };
+        let cfg = EndpointPickerConfig::parse(&text).map_err(err)?;
+        let s = cfg.build("config").map_err(err)?;
+        let flow = cfg.flow_config().map_err(err)?;
+        return Ok((s, format!("schedulerConfigFile {}", path.display()), text, flow));
     }
     if let Some(c) = &pool.scheduler_config {
         if let Some(kind) = &c.value.kind
@@ -164,11 +170,13 @@ fn scheduler_for(
             bail!("line {}: pool {name:?}: schedulerConfig: kind must be EndpointPickerConfig, not {kind:?}", at(c));
         }
         // Plugin errors carry the plugin's line in this file.
-        let s = c.value.build(name).map_err(|e| anyhow!("pool {name:?}: schedulerConfig (line {}): {e}", at(c)))?;
-        return Ok((s, "schedulerConfig (inline)".to_string(), format!("{:?}", c.value)));
+        let err = |e: igw_sched::config::ConfigError| anyhow!("pool {name:?}: schedulerConfig (line {}): {e}", at(c));
+        let s = c.value.build(name).map_err(err)?;
+        let flow = c.value.flow_config().map_err(err)?;
+        return Ok((s, "schedulerConfig (inline)".to_string(), format!("{:?}", c.value), flow));
     }
     let s = Scheduler::from_policy(default_policy).context("--policy")?;
-    Ok((s, format!("policy {default_policy}"), format!("policy {default_policy}")))
+    Ok((s, format!("policy {default_policy}"), format!("policy {default_policy}"), None))
 }
 
 /// Parses and validates a configuration file's `text`; `path` locates relative scheduler config
@@ -243,7 +251,7 @@ pub fn parse(text: &str, path: &Path, default_policy: &str) -> anyhow::Result<Ga
             }
             models.push(m.value.clone());
         }
-        let (scheduler, scheduler_source, scheduler_key) =
+        let (scheduler, scheduler_source, scheduler_key, flow) =
             scheduler_for(p, line, &base_dir, default_policy, &mut files)?;
         pools.push(PoolPlan {
             name: name.clone(),
@@ -253,6 +261,7 @@ pub fn parse(text: &str, path: &Path, default_policy: &str) -> anyhow::Result<Ga
             scheduler_source,
             scheduler_key,
             rewrites: vec![],
+            flow,
         });
     }
     let default_pool = match &spec.default_pool {

@@ -2,18 +2,11 @@
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use igw_core::Datastore;
 use igw_proxy::admin::MetricsSource;
 use igw_request::Director;
 use igw_request::metrics::RequestMetrics;
 use igw_sched::Scheduler;
-
-/// The Director for `datastore`, deciding with the named policy.
-pub fn build(datastore: &Arc<Datastore>, policy: &str) -> anyhow::Result<Arc<Director>> {
-    let scheduler = Scheduler::from_policy(policy).context("--policy")?;
-    Ok(Arc::new(Director::new(datastore.clone(), Arc::new(scheduler), super::seed())))
-}
 
 /// The Director for `datastore` deciding with `scheduler`; with flow control in front of it
 /// (`flow_control`), the legacy shedding of sheddable requests is off, as upstream.

@@ -74,6 +74,11 @@ pub struct ServeArgs {
     /// Pool name reported in metrics.
     #[arg(long, default_value = "default")]
     pub pool_name: String,
+    /// Flow control for the `--endpoints` / embedded pool, with igw's defaults: requests wait in
+    /// the gateway, by priority band and fairness id, until the pool has room (pools of a
+    /// `--config` file turn it on with the `flowControl` feature gate of their scheduler config).
+    #[arg(long, conflicts_with = "config")]
+    pub flow_control: bool,
 }
 
 impl ServeArgs {
@@ -140,8 +145,20 @@ impl Serving {
             }
             Source::Static(endpoints) => {
                 let datastore = Arc::new(igw_core::Datastore::with_endpoints(endpoints));
-                let director = super::picker::build(&datastore, &args.policy)?;
-                let mut pools = PoolSet::single(&args.pool_name, datastore, director, &args.scrape_config());
+                let scheduler = igw_sched::Scheduler::from_policy(&args.policy).context("--policy")?;
+                let gate = if args.flow_control {
+                    let detector = *scheduler.detector();
+                    Some(super::serve_pools::flow_gate(
+                        igw_sched::flow::FlowConfig::igw(),
+                        &datastore,
+                        detector,
+                        &args.pool_name,
+                    )?)
+                } else {
+                    None
+                };
+                let director = super::picker::director(&datastore, scheduler, gate.is_some());
+                let mut pools = PoolSet::single(&args.pool_name, datastore, director, gate, &args.scrape_config());
                 pools.warm_and_start().await;
                 let routes = pools.take_routes().context("routes")?;
                 let admin = Arc::new(PoolsAdmin::new(pools.view(), ADMIN_STALENESS, None));

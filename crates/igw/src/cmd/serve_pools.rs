@@ -20,6 +20,8 @@ use igw_proxy::gateway::{Gateway, GatewayConfig};
 use igw_proxy::pools_admin::{AdminPool, AdminView, ConfigStatus, PoolsAdmin};
 use igw_proxy::routes::{PoolRoute, Routes};
 use igw_request::Director;
+use igw_request::flow_gate::FlowGate;
+use igw_sched::flow::FlowConfig;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -37,19 +39,82 @@ struct PoolRuntime {
     director: Arc<Director>,
     scraper: Scraper,
     follower: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Flow control in front of the Director, when the pool turns it on.
+    gate: Option<Arc<FlowGate>>,
+    /// The gate's dispatch loop and the switch that ends it (queued requests then get 503).
+    gate_task: std::sync::Mutex<Option<(watch::Sender<bool>, JoinHandle<()>)>>,
 }
 
 impl PoolRuntime {
+    fn new(
+        fingerprint: String,
+        datastore: Arc<Datastore>,
+        director: Arc<Director>,
+        gate: Option<Arc<FlowGate>>,
+        scrape: &ScrapeConfig,
+    ) -> Self {
+        PoolRuntime {
+            fingerprint,
+            datastore,
+            director,
+            scraper: Scraper::new(scrape.clone(), EngineRegistry::builtin()),
+            follower: std::sync::Mutex::new(None),
+            gate,
+            gate_task: std::sync::Mutex::new(None),
+        }
+    }
+
     fn follower(&self) -> std::sync::MutexGuard<'_, Option<JoinHandle<()>>> {
         self.follower.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn gate_task(&self) -> std::sync::MutexGuard<'_, Option<(watch::Sender<bool>, JoinHandle<()>)>> {
+        self.gate_task.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts the flow-control dispatch loop, if the pool has a gate and it is not running.
+    fn start_gate(&self) {
+        let Some(gate) = &self.gate else { return };
+        let mut slot = self.gate_task();
+        if slot.is_some() {
+            return;
+        }
+        let (tx, mut rx) = watch::channel(false);
+        let task = tokio::spawn(gate.clone().run(FLOW_TICK, async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }));
+        *slot = Some((tx, task));
     }
 
     async fn stop(&self) {
         if let Some(f) = self.follower().take() {
             f.abort();
         }
+        let gate_task = self.gate_task().take();
+        if let Some((tx, task)) = gate_task {
+            let _ = tx.send(true);
+            let _ = task.await;
+        }
         self.scraper.shutdown().await;
     }
+}
+
+/// How often flow control re-checks the pool when nothing else wakes it (TTLs, fresh metrics).
+pub const FLOW_TICK: Duration = Duration::from_millis(10);
+
+/// The flow-control gate for a pool over `datastore` deciding with a scheduler whose saturation
+/// detector is `detector`.
+pub fn flow_gate(
+    config: FlowConfig,
+    datastore: &Arc<Datastore>,
+    detector: igw_sched::detector::UtilizationDetector,
+    pool: &str,
+) -> anyhow::Result<Arc<FlowGate>> {
+    let clock = Arc::new(*igw_core::time::process_clock());
+    Ok(Arc::new(
+        FlowGate::new(config, datastore.clone(), detector, clock, pool)
+            .map_err(|e| anyhow::anyhow!("flow control: {e}"))?,
+    ))
 }
 
 /// One configuration generation's pools, running.
@@ -94,14 +159,13 @@ impl PoolSet {
                     for rw in pool.rewrites {
                         ds.apply_rewrite(rw)?;
                     }
-                    let director = super::picker::director(&ds, pool.scheduler, false);
-                    Arc::new(PoolRuntime {
-                        fingerprint,
-                        datastore: ds,
-                        director,
-                        scraper: Scraper::new(scrape.clone(), EngineRegistry::builtin()),
-                        follower: std::sync::Mutex::new(None),
-                    })
+                    let detector = *pool.scheduler.detector();
+                    let gate = match pool.flow {
+                        Some(fc) => Some(flow_gate(fc, &ds, detector, &pool.name)?),
+                        None => None,
+                    };
+                    let director = super::picker::director(&ds, pool.scheduler, gate.is_some());
+                    Arc::new(PoolRuntime::new(fingerprint, ds, director, gate, scrape))
                 }
             };
             summary.push(serde_json::json!({
@@ -112,7 +176,15 @@ impl PoolSet {
             }));
             view.pools.push(AdminPool { name: pool.name.clone(), datastore: rt.datastore.clone() });
             view.metrics.push(Arc::new(RequestMetricsSource(rt.director.metrics().clone())));
-            routes.push(PoolRoute { name: pool.name, picker: rt.director.clone(), models: pool.models });
+            if let Some(g) = &rt.gate {
+                view.metrics.push(Arc::new(super::picker::FlowMetricsSource(g.metrics().clone())));
+            }
+            routes.push(PoolRoute {
+                name: pool.name,
+                picker: rt.director.clone(),
+                models: pool.models,
+                flow: rt.gate.clone(),
+            });
             pools.push(rt);
         }
         let routes = Routes::new(routes, plan.default_pool, generation)?;
@@ -121,20 +193,22 @@ impl PoolSet {
 
     /// One pool that takes every model, routed by `director` over `datastore` (`--endpoints`, the
     /// embedded simulated pool).
-    pub fn single(name: &str, datastore: Arc<Datastore>, director: Arc<Director>, scrape: &ScrapeConfig) -> Self {
-        let rt = Arc::new(PoolRuntime {
-            fingerprint: String::new(),
-            datastore: datastore.clone(),
-            director: director.clone(),
-            scraper: Scraper::new(scrape.clone(), EngineRegistry::builtin()),
-            follower: std::sync::Mutex::new(None),
-        });
-        let view = AdminView {
-            pools: vec![AdminPool { name: name.to_string(), datastore }],
-            metrics: vec![Arc::new(RequestMetricsSource(director.metrics().clone()))],
-        };
+    pub fn single(
+        name: &str,
+        datastore: Arc<Datastore>,
+        director: Arc<Director>,
+        gate: Option<Arc<FlowGate>>,
+        scrape: &ScrapeConfig,
+    ) -> Self {
+        let rt = Arc::new(PoolRuntime::new(String::new(), datastore.clone(), director.clone(), gate.clone(), scrape));
+        let mut metrics: Vec<Arc<dyn igw_proxy::admin::MetricsSource>> =
+            vec![Arc::new(RequestMetricsSource(director.metrics().clone()))];
+        if let Some(g) = &gate {
+            metrics.push(Arc::new(super::picker::FlowMetricsSource(g.metrics().clone())));
+        }
+        let view = AdminView { pools: vec![AdminPool { name: name.to_string(), datastore }], metrics };
         PoolSet {
-            routes: Some(Routes::single(name, director)),
+            routes: Some(Routes::single_with_flow(name, director, gate)),
             view,
             pools: vec![rt],
             summary: vec![serde_json::json!({"name": name})],
@@ -163,6 +237,7 @@ impl PoolSet {
         while set.join_next().await.is_some() {}
         for rt in fresh {
             *rt.follower() = Some(rt.scraper.follow(rt.datastore.clone()));
+            rt.start_gate();
         }
     }
 

@@ -36,6 +36,7 @@ fn args() -> ServeArgs {
         refresh_metrics_interval_ms: 50,
         policy: "igw".into(),
         pool_name: "default".into(),
+        flow_control: false,
     }
 }
 
@@ -357,6 +358,29 @@ async fn a_changed_scheduler_config_file_is_reloaded_and_a_broken_one_is_reporte
     assert_eq!(ev.generation, 2);
     let (status, served, _) = call(s.addr, "/v1/completions", &completion("m", 2)).await;
     assert_eq!((status, served), (StatusCode::OK, Some(f.addrs()[0])));
+    s.shutdown().await;
+    f.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_with_the_flow_control_gate_queues_through_its_gate() {
+    let f = fleet("m", "127.0.0.1", 0.02).await;
+    let dir = temp_dir("flowgate");
+    let path = dir.join("gateway.yaml");
+    let text = format!(
+        "pools:\n- name: gated\n  endpoints: [{}]\n  models: [m]\n  schedulerConfig:\n    featureGates: [flowControl]\n    plugins:\n    - type: queue-scorer\n    flowControl:\n      defaultRequestTTL: 30s\n",
+        f.addrs()[0]
+    );
+    write_atomically(&path, &text);
+    let s = start(Source::Config(path.clone(), gateway_config::load(&path, "igw").unwrap())).await;
+    let (status, served, _) = call(s.addr, "/v1/completions", &completion("m", 2)).await;
+    assert_eq!((status, served), (StatusCode::OK, Some(f.addrs()[0])));
+    let metrics = get_text(s.admin_addr, "/metrics").await;
+    assert!(
+        metrics.contains("inference_extension_flow_control_request_queue_duration_seconds_count{fairness_id=\"default-flow\",inference_pool=\"gated\",model_name=\"m\",outcome=\"Dispatched\",priority=\"0\",target_model_name=\"m\"} 1"),
+        "{metrics}"
+    );
     s.shutdown().await;
     f.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
