@@ -38,7 +38,6 @@ pub const ACCEPTED_TYPES: &[&str] = &[
     "round-robin-fairness-policy",
     "static-usage-limit-policy",
     "single-profile-handler",
-    "concurrency-detector",
     "request-attribute-reporter",
     // Conformance test plugins: they configure the ext_proc adapter (steering header, served
     // endpoint verifier), not the scheduler; see [`EndpointPickerConfig::has_plugin_type`].
@@ -222,6 +221,12 @@ struct TokenLoadParams {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct LoadAwareParams {
+    threshold: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct PickerParams {
     #[allow(dead_code)] // validated only: the adapter decides how many endpoints it sends
     max_num_of_endpoints: Option<usize>,
@@ -299,11 +304,30 @@ fn build(p: &Spanned<PluginSpec>, name: &str) -> Result<Built, ConfigError> {
             })?;
             Built::Scorer(Scorer::Prefix, Some(cfg))
         }
-        "max-score-picker" | "random-picker" => {
+        "load-aware-scorer" => {
+            let t: LoadAwareParams = params(p, name)?;
+            Built::Scorer(Scorer::LoadAware { threshold: t.threshold.unwrap_or(128) }, None)
+        }
+        "max-score-picker" | "random-picker" | "weighted-random-picker" => {
             // maxNumOfEndpoints is the adapter's business (`igw epp --max-endpoints`); parsed so
             // that a wrong type is still an error.
             let PickerParams { max_num_of_endpoints: _ } = params(p, name)?;
-            Built::Picker(if kind == "max-score-picker" { Picker::MaxScore } else { Picker::Random })
+            Built::Picker(match kind {
+                "max-score-picker" => Picker::MaxScore,
+                "random-picker" => Picker::Random,
+                _ => Picker::WeightedRandom,
+            })
+        }
+        "concurrency-detector" => {
+            // Refused rather than silently replaced by another detector.
+            return Err(ConfigError::Parameters {
+                name: name.into(),
+                kind: kind.into(),
+                line: p.defined.line(),
+                reason: "igw does not implement concurrency-detector; use utilization-detector (its in-flight \
+                         counting is built in: requests igw sent since the last scrape count as waiting)"
+                    .into(),
+            });
         }
         "utilization-detector" => {
             let d: DetectorParams = params(p, name)?;
@@ -560,5 +584,20 @@ mod tests {
         let bad = EndpointPickerConfig::parse("featureGates: [flowControl]\nflowControl:\n  priorityBands:\n  - priority: 1\n    fairnessPolicyRef: nope\n")
             .unwrap();
         assert!(bad.flow_config().unwrap_err().to_string().contains("nope"));
+    }
+
+    #[test]
+    fn weighted_random_load_aware_and_refused_detectors() {
+        let s = scheduler_from_yaml(
+            "plugins:\n- type: load-aware-scorer\n  parameters: {threshold: 64}\n- type: weighted-random-picker\n",
+        )
+        .unwrap();
+        assert_eq!(s.scorer_weights(), vec![("load-aware-scorer", 1.0)]);
+        assert_eq!(s.picker(), Picker::WeightedRandom);
+        let e = scheduler_from_yaml("plugins:\n- type: queue-scorer\n- type: concurrency-detector\n").unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Parameters { line: 3, .. }) && e.to_string().contains("utilization-detector"),
+            "{e}"
+        );
     }
 }

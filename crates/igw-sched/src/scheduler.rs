@@ -26,6 +26,9 @@ pub enum Picker {
     Random,
     /// Round robin over the candidates (IPVS / Envoy's default).
     RoundRobin,
+    /// `weighted-random-picker`: a draw weighted by score (A-Res: key `u^(1/score)`, highest
+    /// keys first); endpoints scoring ≤ 0 come last; all ≤ 0 is a uniform draw.
+    WeightedRandom,
 }
 
 /// Why no endpoint was chosen.
@@ -117,6 +120,11 @@ impl Scheduler {
     pub fn with_staleness_filter(mut self, threshold: Option<Duration>) -> Self {
         self.staleness_filter = threshold;
         self
+    }
+
+    /// The picker.
+    pub fn picker(&self) -> Picker {
+        self.picker
     }
 
     /// The saturation detector (shedding, and flow control's gate).
@@ -244,6 +252,16 @@ impl Scheduler {
                 None
             }
             Picker::MaxScore => Some(self.score(req, &cands, matched.as_ref())),
+            Picker::WeightedRandom => {
+                let totals = self.score(req, &cands, matched.as_ref());
+                if totals.iter().all(|t| *t <= 0.0) {
+                    cands.shuffle(rng);
+                    None
+                } else {
+                    // A-Res keys; sorting them like max-score scores gives the weighted order.
+                    Some(totals.iter().map(|&t| a_res_key(t, rng.random::<f64>())).collect())
+                }
+            }
         };
         let (endpoints, scores): (Vec<Arc<Endpoint>>, Vec<f64>) = match order {
             None => (cands.iter().take(max).map(|c| c.endpoint.clone()).collect(), vec![0.0; max]),
@@ -304,6 +322,15 @@ impl Scheduler {
     }
 }
 
+/// A-Res sampling key for an endpoint of weight `score` and a uniform draw `u` in [0, 1):
+/// `u^(1/score)`; a zero draw counts as 1e-10; a score ≤ 0 (or not finite) gets key 0.
+pub fn a_res_key(score: f64, u: f64) -> f64 {
+    if !(score.is_finite() && score > 0.0) {
+        return 0.0;
+    }
+    u.max(1e-10).powf(1.0 / score)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -318,6 +345,30 @@ mod tests {
 
     fn set(ep: &Endpoint, waiting: u32, kv: f64, now: Instant) {
         ep.set_metrics(EndpointMetrics { waiting, kv_usage: kv, update_time: Some(now), ..Default::default() });
+    }
+
+    #[test]
+    fn weighted_random_draws_in_proportion_to_scores() {
+        let ds = pool(3);
+        let s = ds.snapshot();
+        let now = Instant::from_millis(10);
+        // kv-cache scores 0.75, 0.25 and 0: picked first about 75% / 25% / never.
+        set(&s.endpoints[0], 0, 0.25, now);
+        set(&s.endpoints[1], 0, 0.75, now);
+        set(&s.endpoints[2], 0, 1.0, now);
+        let sched = Scheduler::new("w", vec![(Scorer::KvCache, 1.0)], Picker::WeightedRandom, None);
+        let mut rng = SmallRng::seed_from_u64(7);
+        let mut first = [0usize; 3];
+        for _ in 0..4000 {
+            let d = sched.schedule(&InferenceRequest::text("m", "hi"), &s.endpoints, 3, now, &mut rng).unwrap();
+            first[s.endpoints.iter().position(|e| e.id() == d.endpoints[0].id()).unwrap()] += 1;
+            assert_eq!(d.endpoints.len(), 3, "fallbacks follow in key order");
+        }
+        assert_eq!(first[2], 0, "a zero score is never drawn first while others score");
+        let share = first[0] as f64 / 4000.0;
+        assert!((0.72..0.78).contains(&share), "{first:?}");
+        assert_eq!(a_res_key(0.0, 0.5), 0.0);
+        assert_eq!(a_res_key(1.0, 0.0), 1e-10);
     }
 
     #[test]

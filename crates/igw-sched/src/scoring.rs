@@ -58,6 +58,13 @@ pub enum Scorer {
         /// `queueThresholdTokens` (default 4,194,304).
         threshold: u64,
     },
+    /// `load-aware-scorer` (llm-d): `0.5` for an empty queue, `0.5·(1 − q/t)` below the
+    /// threshold, `0` at or above it (the maximum is deliberately 0.5); q includes unseen
+    /// in-flight requests when blending is on.
+    LoadAware {
+        /// `threshold` (default 128).
+        threshold: u32,
+    },
 }
 
 impl Scorer {
@@ -71,6 +78,7 @@ impl Scorer {
             Scorer::LoraAffinity => "lora-affinity-scorer",
             Scorer::ActiveRequest => "active-request-scorer",
             Scorer::TokenLoad { .. } => "token-load-scorer",
+            Scorer::LoadAware { .. } => "load-aware-scorer",
         }
     }
 
@@ -99,6 +107,19 @@ impl Scorer {
                 for (o, c) in out.iter_mut().zip(cands) {
                     let n = c.endpoint.in_flight().requests();
                     *o = if n == 0 || max == 0 { 1.0 } else { (max - n) as f64 / max as f64 };
+                }
+            }
+            Scorer::LoadAware { threshold } => {
+                let t = f64::from((*threshold).max(1));
+                for (o, c) in out.iter_mut().zip(cands) {
+                    let q = f64::from(c.metrics.waiting) + f64::from(c.unseen);
+                    *o = if q <= 0.0 {
+                        0.5
+                    } else if q >= t {
+                        0.0
+                    } else {
+                        0.5 * (1.0 - q / t)
+                    };
                 }
             }
             Scorer::TokenLoad { threshold } => {
@@ -184,6 +205,12 @@ mod tests {
         let t = scores(Scorer::TokenLoad { threshold: 4_000 }, &c);
         assert_eq!(t, vec![0.75, 1.0]);
         assert_eq!(scores(Scorer::ActiveRequest, &c), vec![0.0, 1.0]);
+    }
+
+    #[test]
+    fn load_aware_tops_out_at_half() {
+        let c = [cand(1, 0, 0, 0.0), cand(2, 32, 0, 0.0), cand(3, 128, 0, 0.0), cand(4, 500, 0, 0.0)];
+        assert_eq!(scores(Scorer::LoadAware { threshold: 128 }, &c), vec![0.5, 0.375, 0.0, 0.0]);
     }
 
     #[test]
