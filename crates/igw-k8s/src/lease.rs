@@ -124,6 +124,20 @@ impl std::fmt::Debug for LeaderElector {
     }
 }
 
+/// Upstream's Lease name for a pool: `epp-<namespace>-<pool>.gateway-api-inference-extension.sigs.k8s.io`.
+pub fn lease_name(namespace: &str, pool: &str) -> String {
+    format!("epp-{namespace}-{pool}.gateway-api-inference-extension.sigs.k8s.io")
+}
+
+/// Connects to the cluster (in-cluster config or kubeconfig) and runs the election for `config`
+/// in a task; the receiver says whether this replica leads (false until it first wins).
+pub async fn start(config: LeaseConfig) -> Result<watch::Receiver<bool>, kube::Error> {
+    let client = Client::try_default().await?;
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(LeaderElector::new(client, config).run(tx));
+    Ok(rx)
+}
+
 impl LeaderElector {
     /// An elector for `config` using `client`.
     pub fn new(client: Client, config: LeaseConfig) -> Self {

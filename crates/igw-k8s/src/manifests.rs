@@ -187,14 +187,21 @@ pub fn rbac(o: &InstallOptions) -> (ServiceAccount, Role, RoleBinding) {
         ..PolicyRule::default()
     };
     let sa = ServiceAccount { metadata: o.meta(&name, &labels), ..ServiceAccount::default() };
-    let role = Role {
-        metadata: o.meta(&name, &labels),
-        rules: Some(vec![
-            read("", &["pods"]),
-            read("inference.networking.k8s.io", &["inferencepools"]),
-            read("inference.networking.x-k8s.io", &["inferenceobjectives", "inferencemodelrewrites"]),
-        ]),
-    };
+    let mut rules = vec![
+        read("", &["pods"]),
+        read("inference.networking.k8s.io", &["inferencepools"]),
+        read("inference.networking.x-k8s.io", &["inferenceobjectives", "inferencemodelrewrites"]),
+    ];
+    if o.replicas > 1 {
+        // Leader election (`--ha-enable-leader-election`) holds a Lease.
+        rules.push(PolicyRule {
+            api_groups: Some(vec!["coordination.k8s.io".into()]),
+            resources: Some(vec!["leases".into()]),
+            verbs: vec!["get".into(), "create".into(), "update".into()],
+            ..PolicyRule::default()
+        });
+    }
+    let role = Role { metadata: o.meta(&name, &labels), rules: Some(rules) };
     let binding = RoleBinding {
         metadata: o.meta(&name, &labels),
         role_ref: RoleRef {
@@ -225,14 +232,15 @@ pub fn config_map(o: &InstallOptions) -> ConfigMap {
 pub fn epp_deployment(o: &InstallOptions) -> Deployment {
     let name = o.epp_name();
     let labels = o.epp_labels();
-    let args = [
+    let config_path = format!("{CONFIG_DIR}/{CONFIG_FILE}");
+    let mut args = vec![
         "epp",
         "--pool-name",
         &o.pool_name,
         "--pool-namespace",
         &o.namespace,
         "--config-file",
-        &format!("{CONFIG_DIR}/{CONFIG_FILE}"),
+        &config_path,
         "--grpc-port",
         "9002",
         "--grpc-health-port",
@@ -240,6 +248,12 @@ pub fn epp_deployment(o: &InstallOptions) -> Deployment {
         "--metrics-port",
         "9090",
     ];
+    // Several replicas elect a leader; readiness then follows leadership (upstream's chart probes
+    // `readiness` in that case, `inference-extension` for a single replica).
+    let ha = o.replicas > 1;
+    if ha {
+        args.push("--ha-enable-leader-election");
+    }
     let container = Container {
         name: "epp".into(),
         image: Some(o.image.clone()),
@@ -248,7 +262,7 @@ pub fn epp_deployment(o: &InstallOptions) -> Deployment {
         ports: Some(vec![port("grpc", 9002), port("grpc-health", 9003), port("metrics", 9090)]),
         env: Some(vec![field_env("NAMESPACE", "metadata.namespace"), field_env("POD_NAME", "metadata.name")]),
         liveness_probe: Some(grpc_probe("liveness", 10)),
-        readiness_probe: Some(grpc_probe("inference-extension", 2)),
+        readiness_probe: Some(grpc_probe(if ha { "readiness" } else { "inference-extension" }, 2)),
         volume_mounts: Some(vec![VolumeMount {
             name: "config".into(),
             mount_path: CONFIG_DIR.into(),
@@ -331,7 +345,15 @@ pub fn service_monitor(o: &InstallOptions) -> ServiceMonitor {
 pub fn sim_deployment(o: &InstallOptions) -> Deployment {
     let name = format!("{}-sim", o.pool_name);
     let first = o.target_ports.first().copied().unwrap_or(8000);
-    let args = ["sim", "--replicas", &o.target_ports.len().to_string(), "--port", &first.to_string()];
+    let args = [
+        "sim",
+        "--replicas",
+        &o.target_ports.len().to_string(),
+        "--port",
+        &first.to_string(),
+        "--bind-address",
+        "0.0.0.0",
+    ];
     let container = Container {
         name: "sim".into(),
         image: Some(o.image.clone()),

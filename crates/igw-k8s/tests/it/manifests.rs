@@ -126,7 +126,16 @@ fn options_change_the_install() {
     assert!(spec.selects(&labels.into_iter().collect()), "the pool selects the simulated servers");
     assert_eq!(spec.target_ports, [8000, 8001]);
     let c = &sim.spec.template.spec.unwrap().containers[0];
-    assert_eq!(c.args.clone().unwrap().join(" "), "sim --replicas 2 --port 8000");
+    assert_eq!(c.args.clone().unwrap().join(" "), "sim --replicas 2 --port 8000 --bind-address 0.0.0.0");
+    // Several EPP replicas elect a leader: the flag, the readiness service and Lease permissions.
+    let epp = &dep.spec.template.spec.unwrap().containers[0];
+    assert!(epp.args.clone().unwrap().contains(&"--ha-enable-leader-election".to_string()));
+    assert_eq!(epp.readiness_probe.clone().unwrap().grpc.unwrap().service.as_deref(), Some("readiness"));
+    let role: k8s_openapi::api::rbac::v1::Role = one(&docs, "Role", "qwen-epp");
+    let lease_rule =
+        role.rules.unwrap().into_iter().find(|r| r.resources.as_deref() == Some(&["leases".to_string()][..]));
+    let verbs = lease_rule.expect("a rule for leases").verbs;
+    assert!(["get", "create", "update"].iter().all(|v| verbs.iter().any(|x| x == v)), "{verbs:?}");
     assert_eq!(c.image.as_deref(), Some("registry.example/igw:1"));
 }
 

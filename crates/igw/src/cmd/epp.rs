@@ -114,6 +114,11 @@ pub struct EppArgs {
     /// environment variables.
     #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub tracing: bool,
+    /// Leader election on a Lease (`epp-<ns>-<pool>.gateway-api-inference-extension.sigs.k8s.io`,
+    /// identity `$POD_NAME`): every replica serves, readiness follows leadership, as upstream.
+    /// Kubernetes mode only.
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub ha_enable_leader_election: bool,
     /// Log verbosity (2 default, 3 verbose, 4 debug, 5 trace).
     #[arg(short = 'v', long = "v", default_value_t = 2)]
     pub verbosity: u8,
@@ -143,6 +148,9 @@ impl EppArgs {
             0 => bail!("one of --pool-name, --endpoint-selector or --endpoints is required"),
             _ => bail!("--pool-name, --endpoint-selector and --endpoints are mutually exclusive"),
         }
+        if self.ha_enable_leader_election && !self.endpoints.is_empty() {
+            bail!("--ha-enable-leader-election needs Kubernetes mode (--pool-name or --endpoint-selector)");
+        }
         Ok(())
     }
 }
@@ -159,7 +167,7 @@ async fn serve(args: EppArgs) -> anyhow::Result<()> {
     let endpoints = EndpointMeta::parse_list(&args.endpoints.join(",")).context("--endpoints")?;
     let datastore = Arc::new(Datastore::with_endpoints(endpoints));
     // Kubernetes mode (--pool-name / --endpoint-selector): igw-k8s's watchers feed the datastore.
-    let _discovery = if args.endpoints.is_empty() {
+    let discovery = if args.endpoints.is_empty() {
         let cfg = igw_k8s::watch::DiscoveryConfig {
             pool_name: args.pool_name.clone(),
             pool_namespace: args.pool_namespace.clone(),
@@ -255,8 +263,41 @@ async fn serve(args: EppArgs) -> anyhow::Result<()> {
         },
         ..ServerConfig::default()
     };
-    // A static pool is synced as soon as it is loaded.
-    let health = Health::new(true).await;
+    // A static pool is synced as soon as it is loaded; a Kubernetes pool once discovery has
+    // listed it (and, with leader election, only while this replica leads).
+    let health = Health::new(discovery.is_none()).await;
+    let _readiness = match &discovery {
+        Some(d) => {
+            let leader = if args.ha_enable_leader_election {
+                let ns = igw_k8s::watch::DiscoveryConfig {
+                    pool_name: args.pool_name.clone(),
+                    pool_namespace: args.pool_namespace.clone(),
+                    pool_group: args.pool_group.clone(),
+                    endpoint_selector: args.endpoint_selector.clone(),
+                    endpoint_target_ports: args.endpoint_target_ports.clone(),
+                }
+                .namespace();
+                let pool = if args.pool_name.is_empty() { "standalone" } else { args.pool_name.as_str() };
+                let identity = std::env::var("POD_NAME")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+                    .context("--ha-enable-leader-election needs the POD_NAME environment variable (Downward API)")?;
+                let cfg = igw_k8s::lease::LeaseConfig::new(&igw_k8s::lease::lease_name(&ns, pool), &ns, &identity);
+                Some(igw_k8s::lease::start(cfg).await.context("starting leader election")?)
+            } else {
+                None
+            };
+            let h = health.clone();
+            Some(tokio::spawn(igw_k8s::readiness::follow(d.synced.clone(), leader, move |ready| {
+                let h = h.clone();
+                async move {
+                    tracing::info!(ready, "readiness changed");
+                    h.set_ready(ready).await;
+                }
+            })))
+        }
+        None => None,
+    };
     let admin = Arc::new(Admin {
         pool_name: if args.pool_name.is_empty() { "static".into() } else { args.pool_name.clone() },
         datastore: datastore.clone(),
@@ -300,4 +341,39 @@ async fn serve(args: EppArgs) -> anyhow::Result<()> {
     follower.abort();
     scraper.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: EppArgs,
+    }
+
+    fn validate(v: &[&str]) -> Result<(), String> {
+        Cli::try_parse_from(std::iter::once("epp").chain(v.iter().copied()))
+            .map_err(|e| e.to_string())?
+            .args
+            .validate()
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn modes_and_flags_are_checked_before_anything_starts() {
+        assert!(validate(&["--endpoints", "10.0.0.1:8000"]).is_ok());
+        assert!(validate(&["--pool-name", "p", "--ha-enable-leader-election"]).is_ok());
+        assert!(validate(&[]).unwrap_err().contains("is required"));
+        assert!(validate(&["--pool-name", "p", "--endpoints", "10.0.0.1:8000"]).unwrap_err().contains("exclusive"));
+        let e = validate(&["--endpoints", "10.0.0.1:8000", "--ha-enable-leader-election"]).unwrap_err();
+        assert!(e.contains("Kubernetes mode"), "{e}");
+        let e = validate(&["--endpoints", "10.0.0.1:8000", "--total-queued-requests-metric", "x"]).unwrap_err();
+        assert!(e.contains("deprecated") && e.contains("engineConfigs"), "{e}");
+        let e = validate(&["--endpoints", "a:1", "--config-file", "f", "--config-text", "t"]).unwrap_err();
+        assert!(e.contains("mutually exclusive"), "{e}");
+    }
 }

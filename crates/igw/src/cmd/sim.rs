@@ -26,6 +26,9 @@ pub struct SimArgs {
     /// First port; replica i listens on PORT+i (0 = ephemeral ports).
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
+    /// Address the replicas listen on (0.0.0.0 in a pod, so the gateway can reach it).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind_address: std::net::IpAddr,
     /// Served model name.
     #[arg(long, default_value = "meta-llama/Llama-2-7b-hf")]
     pub model: String,
@@ -127,7 +130,18 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     cfg.speed_factors = args.speed_factors;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let fleet = Fleet::bind(cfg, args.replicas, args.port).await?;
+        let mut listeners = Vec::with_capacity(args.replicas);
+        for i in 0..args.replicas {
+            let port = if args.port == 0 {
+                0
+            } else {
+                u16::try_from(usize::from(args.port) + i)
+                    .map_err(|_| anyhow::anyhow!("--port {} + {i} is out of range", args.port))?
+            };
+            let addr = std::net::SocketAddr::new(args.bind_address, port);
+            listeners.push(std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?);
+        }
+        let fleet = Fleet::start(cfg, listeners).await?;
         let addrs: Vec<String> = fleet.addrs().iter().map(ToString::to_string).collect();
         println!("{}", serde_json::json!({ "replicas": addrs }));
         tracing::info!(replicas = addrs.len(), "igw sim serving");
