@@ -63,6 +63,7 @@ impl<P: igw_request::Picker> Lifecycle<P> {
         self.inner.dispatched(&decision.state, &primary, now);
         let addrs = decision.endpoints.iter().map(|e| e.address()).collect();
         let mut picked = Picked::new(addrs, self.seq.fetch_add(1, Ordering::Relaxed));
+        picked.response_headers = self.inner.response_headers(&primary);
         picked.state = Some(Box::new(Dispatched { state: decision.state, endpoint: primary, ticket }));
         Ok(picked)
     }

@@ -57,12 +57,14 @@ pub struct Picked {
     /// Opaque per-request state the picker wants back in [`Picker::finished`] (in-flight
     /// accounting, prefix hashes, ...). Downcast it there.
     pub state: Option<Box<dyn Any + Send + Sync>>,
+    /// Headers the adapter adds to the client's response (e.g. a session token).
+    pub response_headers: Vec<(String, String)>,
 }
 
 impl Picked {
     /// A pick of `endpoints` with a token and no state.
     pub fn new(endpoints: Vec<SocketAddr>, token: u64) -> Self {
-        Picked { endpoints, token, state: None }
+        Picked { endpoints, token, state: None, response_headers: Vec::new() }
     }
 }
 

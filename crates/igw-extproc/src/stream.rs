@@ -434,7 +434,7 @@ impl StreamState {
         self.tracker
             .on_headers(h.headers.iter().flat_map(|m| m.headers.iter()).map(|hv| (hv.key.as_str(), header_str(hv))));
         let reply = ProcessingResponse {
-            response: Some(processing_response::Response::ResponseHeaders(self.verifier_headers())),
+            response: Some(processing_response::Response::ResponseHeaders(self.response_headers_answer())),
             ..Default::default()
         };
         if h.end_of_stream || !self.response_has_body {
@@ -515,11 +515,27 @@ impl StreamState {
         }
     }
 
-    /// The response-headers answer: empty, or the conformance verifier's headers.
-    fn verifier_headers(&self) -> HeadersResponse {
-        if !self.config.served_endpoint_verifier {
+    /// The response-headers answer: the picker's response headers (e.g. a session token) and,
+    /// in conformance test mode, the verifier's; empty when there are none.
+    fn response_headers_answer(&self) -> HeadersResponse {
+        let mut set: Vec<_> =
+            self.picked.iter().flat_map(|p| p.response_headers.iter()).map(|(k, v)| set_header(k, v)).collect();
+        if self.config.served_endpoint_verifier {
+            set.extend(self.verifier_headers());
+        }
+        if set.is_empty() {
             return HeadersResponse::default();
         }
+        HeadersResponse {
+            response: Some(CommonResponse {
+                header_mutation: Some(HeaderMutation { set_headers: set, remove_headers: Vec::new() }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// The conformance verifier's response headers.
+    fn verifier_headers(&self) -> Vec<envoy_types::pb::envoy::config::core::v3::HeaderValueOption> {
         let served = match self.served_report {
             ServedReport::Served(addr) => addr.to_string(),
             ServedReport::NoLbMetadata => "fail: missing envoy lb metadata".to_string(),
@@ -532,12 +548,7 @@ impl StreamState {
         if let Some(pool) = &self.config.pool {
             set.push(set_header(CONFORMANCE_EPP_POOL, pool));
         }
-        HeadersResponse {
-            response: Some(CommonResponse {
-                header_mutation: Some(HeaderMutation { set_headers: set, remove_headers: Vec::new() }),
-                ..Default::default()
-            }),
-        }
+        set
     }
 
     /// Response messages are only expected once the request was answered.

@@ -727,3 +727,20 @@ fn otel_spans_continue_the_callers_trace() {
         request.attributes
     );
 }
+
+/// The picker's response headers (here the Director's session token) reach the client's response.
+#[test]
+fn session_token_is_written_on_the_response() {
+    let ds = Arc::new(Datastore::with_endpoints(EndpointMeta::parse_list(EPS).unwrap()));
+    let sched = igw_sched::config::scheduler_from_yaml("plugins:\n- type: session-affinity-scorer\n").unwrap();
+    let director = Arc::new(igw_request::Director::new(ds, Arc::new(sched), 1));
+    let lc: Arc<dyn Picker> = Arc::new(crate::Lifecycle::new(director, 1));
+    let mut s = StreamState::new(lc, Arc::new(StreamConfig::default()));
+    let token = igw_sched::session::encode_token("default", "10.0.0.2:8000");
+    feed(&mut s, headers(&[(":method", "POST"), (":path", "/v1/completions"), ("x-session-token", &token)], false));
+    let out = feed(&mut s, body(BODY, true));
+    assert_eq!(request_headers_of(&out[0]).1.as_deref(), Some("10.0.0.2:8000"), "the token's pod is picked");
+    let out = feed(&mut s, resp_headers(&[(":status", "200")], false));
+    let Some(processing_response::Response::ResponseHeaders(h)) = &out[0].response else { panic!("{out:?}") };
+    assert_eq!(get(&set_headers(h.response.as_ref().unwrap()), "x-session-token"), Some(token.as_str()));
+}

@@ -244,6 +244,11 @@ impl<P: Picker> Gateway<P> {
         if let Ok(v) = HeaderValue::from_str(&endpoint.address().to_string()) {
             parts.headers.insert(HeaderName::from_static(SERVED_HEADER), v);
         }
+        for (k, v) in picker.response_headers(&endpoint) {
+            if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(&v)) {
+                parts.headers.insert(k, v);
+            }
+        }
         let observer = Accounting { picker: picker.clone(), state, endpoint, tracker, restorer, flow };
         Response::from_parts(parts, Either::Right(ObservedBody::new(body, Box::new(observer))))
     }

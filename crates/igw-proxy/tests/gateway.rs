@@ -299,3 +299,58 @@ async fn flow_control_holds_requests_until_the_pool_has_room() {
     assert!(m.contains("outcome=\"Dispatched\""), "{m}");
     fleet.shutdown().await;
 }
+
+/// `session-affinity-scorer`: every response names its pod in `x-session-token`; a client that
+/// sends the token back stays on that pod.
+#[tokio::test]
+async fn session_tokens_keep_a_conversation_on_its_pod() {
+    let mut cfg = FleetConfig::new(Profile::llama2_7b_h100());
+    cfg.time_scale = 0.01;
+    cfg.model = MODEL.to_string();
+    let fleet = Fleet::bind(cfg, 3, 0).await.unwrap();
+    let ds = Arc::new(Datastore::with_endpoints(fleet.addrs().iter().map(|a| EndpointMeta::from_addr(*a))));
+    let sched = igw_sched::config::scheduler_from_yaml(
+        "plugins:\n- type: session-affinity-scorer\n- type: active-request-scorer\nschedulingProfiles:\n- name: default\n  plugins:\n  - pluginRef: session-affinity-scorer\n    weight: 10\n  - pluginRef: active-request-scorer\n    weight: 1\n",
+    )
+    .unwrap();
+    let director = Arc::new(igw_request::Director::new(ds.clone(), Arc::new(sched), 3));
+    let gw = Arc::new(Gateway::new(director, GatewayConfig::default()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(igw_proxy::listener::serve(
+        listener,
+        move |req| gw.clone().handle(req),
+        async {
+            let _ = rx.await;
+        },
+        Duration::from_secs(1),
+    ));
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let send = |token: Option<String>| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let mut b = Request::post(format!("{url}/v1/completions"));
+            if let Some(t) = token {
+                b = b.header("x-session-token", t);
+            }
+            let body = format!(r#"{{"model":"{MODEL}","prompt":"hi","max_tokens":2}}"#);
+            let resp = client.request(b.body(Full::new(Bytes::from(body))).unwrap()).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let served = resp.headers()[SERVED_HEADER].to_str().unwrap().to_string();
+            let token = resp.headers()["x-session-token"].to_str().unwrap().to_string();
+            resp.into_body().collect().await.unwrap();
+            (served, token)
+        }
+    };
+    let (first, token) = send(None).await;
+    assert_eq!(token, igw_sched::session::encode_token("default", &first));
+    for _ in 0..6 {
+        let (served, again) = send(Some(token.clone())).await;
+        assert_eq!((served.as_str(), again.as_str()), (first.as_str(), token.as_str()));
+    }
+    // A token naming no pod (or garbage) is no preference: still served.
+    send(Some("bm90LWEtcG9k".into())).await;
+    send(Some("%%%".into())).await;
+    fleet.shutdown().await;
+}

@@ -180,6 +180,17 @@ impl Picker for Director {
         }
     }
 
+    fn response_headers(&self, endpoint: &Arc<Endpoint>) -> Vec<(String, String)> {
+        if !self.scheduler.session_affinity() {
+            return Vec::new();
+        }
+        let m = endpoint.meta();
+        vec![(
+            igw_sched::session::SESSION_TOKEN_HEADER.to_string(),
+            igw_sched::session::encode_token(&m.namespace, &m.pod),
+        )]
+    }
+
     fn finished(&self, state: &Routed, endpoint: &Arc<Endpoint>, summary: Option<&ResponseSummary>, now: Instant) {
         self.scheduler.on_finished(&state.decision, endpoint);
         self.metrics.running_requests.add(vec![("model_name", state.model.clone())], -1.0);

@@ -51,6 +51,12 @@ pub trait Picker: Send + Sync + 'static {
     /// The request sent to `endpoint` ended; `summary` is `None` when no response arrived.
     /// Called exactly once per [`dispatched`](Self::dispatched).
     fn finished(&self, state: &Self::State, endpoint: &Arc<Endpoint>, summary: Option<&ResponseSummary>, now: Instant);
+
+    /// Headers to add to the response the client receives from `endpoint` (e.g. the session
+    /// token of `session-affinity-scorer`). None by default.
+    fn response_headers(&self, _endpoint: &Arc<Endpoint>) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 /// Uniformly random routing with in-flight accounting and no admission control: what a

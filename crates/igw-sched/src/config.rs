@@ -304,6 +304,7 @@ fn build(p: &Spanned<PluginSpec>, name: &str) -> Result<Built, ConfigError> {
             })?;
             Built::Scorer(Scorer::Prefix, Some(cfg))
         }
+        "session-affinity-scorer" => Built::Scorer(Scorer::SessionAffinity, None),
         "load-aware-scorer" => {
             let t: LoadAwareParams = params(p, name)?;
             Built::Scorer(Scorer::LoadAware { threshold: t.threshold.unwrap_or(128) }, None)

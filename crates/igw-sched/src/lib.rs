@@ -19,5 +19,6 @@ pub mod legacy;
 pub mod prefix;
 pub mod scheduler;
 pub mod scoring;
+pub mod session;
 
 pub use scheduler::{Decision, POLICY_NAMES, Picker, ScheduleError, Scheduler, UnknownPolicy};

@@ -122,6 +122,11 @@ impl Scheduler {
         self
     }
 
+    /// True if a `session-affinity-scorer` is configured (responses then carry the session token).
+    pub fn session_affinity(&self) -> bool {
+        self.scorers.iter().any(|(s, _)| *s == Scorer::SessionAffinity)
+    }
+
     /// The picker.
     pub fn picker(&self) -> Picker {
         self.picker
@@ -285,7 +290,12 @@ impl Scheduler {
     }
 
     fn score(&self, req: &InferenceRequest, cands: &[Candidate], prefix: Option<&PrefixMatch>) -> Vec<f64> {
-        let input = ScoreInput { target_model: &req.target_model, prefix };
+        let session = if self.scorers.iter().any(|(s, _)| *s == Scorer::SessionAffinity) {
+            req.header(crate::session::SESSION_TOKEN_HEADER).and_then(crate::session::decode_token)
+        } else {
+            None
+        };
+        let input = ScoreInput { target_model: &req.target_model, prefix, session: session.as_deref() };
         let mut totals = vec![0.0; cands.len()];
         let mut scratch = vec![0.0; cands.len()];
         for (scorer, weight) in &self.scorers {

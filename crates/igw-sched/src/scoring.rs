@@ -35,6 +35,8 @@ pub struct ScoreInput<'a> {
     pub target_model: &'a str,
     /// Prefix-cache match of the request over the candidates, when the prefix scorer is on.
     pub prefix: Option<&'a PrefixMatch>,
+    /// The pod (`namespace/name`) the request's session token names, if it sent a valid one.
+    pub session: Option<&'a str>,
 }
 
 /// A scorer type with its upstream name.
@@ -65,6 +67,9 @@ pub enum Scorer {
         /// `threshold` (default 128).
         threshold: u32,
     },
+    /// `session-affinity-scorer`: 1.0 for the pod the request's `x-session-token` names, else 0
+    /// ([`crate::session`]).
+    SessionAffinity,
 }
 
 impl Scorer {
@@ -79,6 +84,7 @@ impl Scorer {
             Scorer::ActiveRequest => "active-request-scorer",
             Scorer::TokenLoad { .. } => "token-load-scorer",
             Scorer::LoadAware { .. } => "load-aware-scorer",
+            Scorer::SessionAffinity => "session-affinity-scorer",
         }
     }
 
@@ -107,6 +113,15 @@ impl Scorer {
                 for (o, c) in out.iter_mut().zip(cands) {
                     let n = c.endpoint.in_flight().requests();
                     *o = if n == 0 || max == 0 { 1.0 } else { (max - n) as f64 / max as f64 };
+                }
+            }
+            Scorer::SessionAffinity => {
+                for (o, c) in out.iter_mut().zip(cands) {
+                    let m = c.endpoint.meta();
+                    *o = match input.session.and_then(|s| s.split_once('/')) {
+                        Some((ns, pod)) if ns == m.namespace && pod == m.pod => 1.0,
+                        _ => 0.0,
+                    };
                 }
             }
             Scorer::LoadAware { threshold } => {
@@ -173,7 +188,7 @@ mod tests {
 
     fn scores(s: Scorer, cands: &[Candidate]) -> Vec<f64> {
         let mut out = vec![0.0; cands.len()];
-        s.score(&ScoreInput { target_model: "m", prefix: None }, cands, &mut out);
+        s.score(&ScoreInput { target_model: "m", prefix: None, session: None }, cands, &mut out);
         out
     }
 
@@ -205,6 +220,18 @@ mod tests {
         let t = scores(Scorer::TokenLoad { threshold: 4_000 }, &c);
         assert_eq!(t, vec![0.75, 1.0]);
         assert_eq!(scores(Scorer::ActiveRequest, &c), vec![0.0, 1.0]);
+    }
+
+    #[test]
+    fn session_affinity_names_one_pod() {
+        let c = [cand(1, 0, 0, 0.0), cand(2, 0, 0, 0.0)];
+        let m = c[1].endpoint.meta();
+        let who = format!("{}/{}", m.namespace, m.pod);
+        let mut out = vec![0.0; 2];
+        let input = ScoreInput { target_model: "m", prefix: None, session: Some(&who) };
+        Scorer::SessionAffinity.score(&input, &c, &mut out);
+        assert_eq!(out, vec![0.0, 1.0]);
+        assert_eq!(scores(Scorer::SessionAffinity, &c), vec![0.0, 0.0], "no token, no preference");
     }
 
     #[test]
