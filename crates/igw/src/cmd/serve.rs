@@ -79,6 +79,19 @@ pub struct ServeArgs {
     /// `--config` file turn it on with the `flowControl` feature gate of their scheduler config).
     #[arg(long, conflicts_with = "config")]
     pub flow_control: bool,
+    /// Kubernetes: route over the pods of this InferencePool (watched with the in-cluster config or
+    /// kubeconfig, as `igw epp --pool-name`).
+    #[arg(long, conflicts_with_all = ["config", "endpoints"])]
+    pub inference_pool: Option<String>,
+    /// Kubernetes: the pool's namespace (default `$NAMESPACE`, then `default`).
+    #[arg(long, default_value = "")]
+    pub pool_namespace: String,
+    /// Kubernetes without CRDs: route over the Ready pods matching this label selector (k=v,...).
+    #[arg(long, conflicts_with_all = ["config", "endpoints", "inference_pool"])]
+    pub endpoint_selector: Option<String>,
+    /// Kubernetes without CRDs: the pods' model-server ports.
+    #[arg(long, value_delimiter = ',', default_value = "8000")]
+    pub endpoint_target_ports: Vec<u16>,
 }
 
 impl ServeArgs {
@@ -105,6 +118,8 @@ pub enum Source {
     Config(PathBuf, GatewayPlan),
     /// One pool of static endpoints (`--endpoints`, or the embedded simulated pool).
     Static(Vec<EndpointMeta>),
+    /// One pool discovered from Kubernetes (`--inference-pool` or `--endpoint-selector`).
+    Kubernetes(igw_k8s::watch::DiscoveryConfig),
 }
 
 /// A running `igw serve`.
@@ -117,6 +132,8 @@ pub struct Serving {
     pub reloader: Option<Arc<Reloader>>,
     gateway: Arc<Gateway<Director>>,
     static_pools: Option<PoolSet>,
+    /// Kubernetes discovery feeding the pool, when it comes from a cluster.
+    discovery_task: Option<JoinHandle<()>>,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -138,13 +155,25 @@ impl Serving {
         listener: TcpListener,
         admin_listener: TcpListener,
     ) -> anyhow::Result<Self> {
+        let mut discovery_task = None;
         let (gateway, admin, reloader, static_pools) = match source {
             Source::Config(file, plan) => {
                 let r = Reloader::start(file, plan, &args.policy, args.scrape_config(), args.gateway_config()).await?;
                 (r.gateway().clone(), r.admin().clone(), Some(r), None)
             }
-            Source::Static(endpoints) => {
-                let datastore = Arc::new(igw_core::Datastore::with_endpoints(endpoints));
+            Source::Static(_) | Source::Kubernetes(_) => {
+                let (datastore, discovery) = match source {
+                    Source::Static(endpoints) => (Arc::new(igw_core::Datastore::with_endpoints(endpoints)), None),
+                    Source::Kubernetes(cfg) => {
+                        let ds = Arc::new(igw_core::Datastore::new());
+                        let d =
+                            igw_k8s::watch::start(ds.clone(), &cfg).await.context("starting Kubernetes discovery")?;
+                        (ds, Some(d))
+                    }
+                    Source::Config(..) => unreachable!("handled above"),
+                };
+                discovery_task = discovery.map(|d| d.task);
+                let pool_name = args.inference_pool.as_deref().unwrap_or(&args.pool_name);
                 let scheduler = igw_sched::Scheduler::from_policy(&args.policy).context("--policy")?;
                 let gate = if args.flow_control {
                     let detector = *scheduler.detector();
@@ -152,13 +181,13 @@ impl Serving {
                         igw_sched::flow::FlowConfig::igw(),
                         &datastore,
                         detector,
-                        &args.pool_name,
+                        pool_name,
                     )?)
                 } else {
                     None
                 };
                 let director = super::picker::director(&datastore, scheduler, gate.is_some());
-                let mut pools = PoolSet::single(&args.pool_name, datastore, director, gate, &args.scrape_config());
+                let mut pools = PoolSet::single(pool_name, datastore, director, gate, &args.scrape_config());
                 pools.warm_and_start().await;
                 let routes = pools.take_routes().context("routes")?;
                 let admin = Arc::new(PoolsAdmin::new(pools.view(), ADMIN_STALENESS, None));
@@ -192,7 +221,7 @@ impl Serving {
         if let Some(r) = &reloader {
             tasks.push(r.watch(Duration::from_millis(args.config_poll_ms.max(1)), wait_stop(stop_rx.clone())));
         }
-        Ok(Serving { addr, admin_addr, reloader, gateway, static_pools, stop, tasks })
+        Ok(Serving { addr, admin_addr, reloader, gateway, static_pools, discovery_task, stop, tasks })
     }
 
     /// The gateway.
@@ -211,6 +240,9 @@ impl Serving {
         }
         if let Some(p) = self.static_pools {
             p.stop(None).await;
+        }
+        if let Some(d) = self.discovery_task {
+            d.abort();
         }
     }
 }
@@ -233,6 +265,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let plan = gateway_config::load(path, &args.policy).context("invalid gateway configuration")?;
             let (l, a) = (plan.listen, plan.admin_listen);
             (Source::Config(path.clone(), plan), l, a)
+        }
+        None if args.inference_pool.is_some() || args.endpoint_selector.is_some() => {
+            let cfg = igw_k8s::watch::DiscoveryConfig {
+                pool_name: args.inference_pool.clone().unwrap_or_default(),
+                pool_namespace: args.pool_namespace.clone(),
+                pool_group: igw_k8s::shared::POOL_GROUP.to_string(),
+                endpoint_selector: args.endpoint_selector.clone().unwrap_or_default(),
+                endpoint_target_ports: args.endpoint_target_ports.clone(),
+            };
+            (Source::Kubernetes(cfg), None, None)
         }
         None if args.endpoints.is_empty() => {
             let mut cfg = FleetConfig::new(Profile::llama2_7b_h100());

@@ -37,6 +37,10 @@ fn args() -> ServeArgs {
         policy: "igw".into(),
         pool_name: "default".into(),
         flow_control: false,
+        inference_pool: None,
+        pool_namespace: String::new(),
+        endpoint_selector: None,
+        endpoint_target_ports: vec![8000],
     }
 }
 
@@ -384,4 +388,20 @@ async fn a_pool_with_the_flow_control_gate_queues_through_its_gate() {
     s.shutdown().await;
     f.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_kubernetes_pool_without_a_cluster_is_a_clear_error() {
+    // No in-cluster environment and no kubeconfig here: discovery cannot start, and says so.
+    let cfg = igw_k8s::watch::DiscoveryConfig {
+        pool_name: "p".into(),
+        pool_namespace: "default".into(),
+        pool_group: igw_k8s::shared::POOL_GROUP.into(),
+        endpoint_selector: String::new(),
+        endpoint_target_ports: vec![8000],
+    };
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let e = Serving::start(&args(), Source::Kubernetes(cfg), l, a).await.unwrap_err();
+    assert!(format!("{e:#}").contains("starting Kubernetes discovery"), "{e:#}");
 }
