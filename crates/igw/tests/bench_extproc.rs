@@ -18,4 +18,5 @@ fn drives_a_real_epp_and_reports_json() {
     assert!(v["p50_us"].as_f64().unwrap() > 0.0 && v["p99_us"].as_f64() >= v["p50_us"].as_f64());
     assert!(v["prefix_index_entries"].as_u64().unwrap() > 0, "prefix scoring ran: {v}");
     assert!(v["rss_mib"].as_f64().unwrap() > 0.0);
+    assert!(v["epp_cpu_us_per_request"].as_f64().unwrap() > 0.0, "{v}");
 }

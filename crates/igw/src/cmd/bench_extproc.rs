@@ -88,6 +88,9 @@ pub struct ExtprocReport {
     pub p99_us: f64,
     /// 99.9th percentile of the same.
     pub p999_us: f64,
+    /// The EPP's CPU time (user + system, all threads) per completed request over the measured
+    /// window, in µs (0 where /proc is unavailable).
+    pub epp_cpu_us_per_request: f64,
     /// The EPP's resident memory at the end (VmRSS).
     pub rss_mib: f64,
     /// The EPP's peak resident memory (VmHWM).
@@ -128,8 +131,8 @@ pub fn run(args: ExtprocArgs) -> anyhow::Result<()> {
         report.p50_us, report.p99_us, report.p999_us
     );
     println!(
-        "EPP memory: {:.1} MiB resident, {:.1} MiB peak · prefix index {} entries",
-        report.rss_mib, report.peak_rss_mib, report.prefix_index_entries
+        "EPP: {:.0} µs CPU per request · {:.1} MiB resident, {:.1} MiB peak · prefix index {} entries",
+        report.epp_cpu_us_per_request, report.rss_mib, report.peak_rss_mib, report.prefix_index_entries
     );
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -183,7 +186,9 @@ async fn bench(args: &ExtprocArgs) -> anyhow::Result<ExtprocReport> {
     let prompts = Prompts::new(args.prompt_bytes);
     let warmup = args.duration / 10;
     let _ = drive(&channels, &prompts, args.rps, warmup).await;
+    let cpu_before = cpu_ticks(pid);
     let (latencies, errors, elapsed) = drive(&channels, &prompts, args.rps, args.duration).await;
+    let cpu_after = cpu_ticks(pid);
 
     let (rss_mib, peak_rss_mib) = rss(pid);
     let prefix_index_entries = scrape_prefix_size(SocketAddr::from(([127, 0, 0, 1], metrics))).await.unwrap_or(0);
@@ -208,6 +213,10 @@ async fn bench(args: &ExtprocArgs) -> anyhow::Result<ExtprocReport> {
         p50_us: pct(0.50),
         p99_us: pct(0.99),
         p999_us: pct(0.999),
+        epp_cpu_us_per_request: match (cpu_before, cpu_after) {
+            (Some(a), Some(b)) if !l.is_empty() => (b - a) as f64 * 1e6 / clock_ticks_per_s() / l.len() as f64,
+            _ => 0.0,
+        },
         rss_mib,
         peak_rss_mib,
         prefix_index_entries,
@@ -496,6 +505,20 @@ async fn one_stream(ch: Channel, body: Vec<u8>) -> anyhow::Result<Duration> {
         }
     }
     Ok(rtt)
+}
+
+/// utime + stime of `pid` in clock ticks, from /proc.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Clock ticks per second of /proc's CPU times (USER_HZ, 100 on Linux).
+fn clock_ticks_per_s() -> f64 {
+    100.0
 }
 
 /// (VmRSS, VmHWM) of `pid` in MiB; zeros where /proc is unavailable.
