@@ -1,0 +1,678 @@
+//! The cluster discrete-event simulation: N igw-sim engines in virtual time, an event queue
+//! (arrivals, step ends, metric scrapes, client timeouts, queue TTLs), and the real igw-sched
+//! scheduler (and flow controller) making every decision.
+//!
+//! What the router sees is what the live path sees: each replica's metrics as of its last scrape
+//! (every `scrape_interval_ms`, replicas' scrape phases spread over the period, so metrics are up
+//! to one period stale) and the router-local in-flight counters, incremented on dispatch and
+//! released on completion. Not modelled: network delay, the decision's own CPU time, retries.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::sync::Arc;
+
+use igw_core::{Datastore, Endpoint, EndpointMeta, EndpointMetrics, InferenceRequest, Instant};
+use igw_sched::detector::UtilizationDetector;
+use igw_sched::flow::{FlowController, Outcome as FlowOutcome, QueuedRequest};
+use igw_sched::scoring::unseen_in_flight;
+use igw_sim::{Engine, EngineConfig, RequestId, SimRequest};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::error::BenchError;
+use crate::policy::{Policy, Router, power_of_two};
+use crate::report::{ClassRow, Row};
+use crate::scenario::{ClassSpec, ClientMode, Scenario};
+use crate::stats::{LogHistogram, percentile};
+use crate::workload::{Generator, RequestSpec, arrival_times, prompt_text};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    StepEnd(u32),
+    Scrape(u32),
+    Arrival(u32),
+    Timeout(u32),
+    Expire,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Pending,
+    Queued,
+    Running,
+    Completed,
+    Rejected,
+    TimedOut,
+}
+
+#[derive(Debug)]
+struct Req {
+    spec: RequestSpec,
+    class: usize,
+    arrival: f64,
+    state: State,
+    endpoint: usize,
+    first: f64,
+    last: f64,
+    done: f64,
+    tokens: u32,
+    cached: u32,
+    routed: Option<Routed>,
+    flow: Option<(Arc<str>, i32, u64)>,
+}
+
+#[derive(Debug)]
+enum Routed {
+    Sched(igw_sched::Decision),
+    Tokens(u64),
+}
+
+/// What one simulation produced.
+#[derive(Debug, Clone)]
+pub struct PointResult {
+    /// The report row.
+    pub row: Row,
+    /// Virtual seconds simulated (arrivals + drain).
+    pub virtual_s: f64,
+    /// Engine steps simulated.
+    pub steps: u64,
+}
+
+struct Sim<'a> {
+    sc: &'a Scenario,
+    classes: Vec<ClassSpec>,
+    policy: Policy,
+    engines: Vec<Engine>,
+    busy: Vec<bool>,
+    endpoints: Vec<Arc<Endpoint>>,
+    heap: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    seq: u64,
+    reqs: Vec<Req>,
+    queued: HashMap<u32, InferenceRequest>,
+    fc: Option<FlowController>,
+    expire_at: Option<u64>,
+    detector: UtilizationDetector,
+    rng: SmallRng,
+    unresolved: usize,
+    itl: LogHistogram,
+    steps: u64,
+    model: String,
+    block_size: u32,
+    prefix_hashes: bool,
+}
+
+fn ns(t: f64) -> u64 {
+    (t.max(0.0) * 1e9).round() as u64
+}
+
+impl Sim<'_> {
+    fn push(&mut self, at: f64, ev: Ev) {
+        self.seq += 1;
+        self.heap.push(Reverse((ns(at), self.seq, ev)));
+    }
+
+    fn scrape(&mut self, i: usize, now: f64) {
+        let s = self.engines[i].snapshot();
+        let split = |x: &str| x.split(',').filter(|a| !a.is_empty()).map(String::from).collect();
+        let last = s.lora_info.iter().max_by(|a, b| a.at_secs.total_cmp(&b.at_secs));
+        let m = EndpointMetrics {
+            waiting: s.waiting,
+            running: s.running,
+            kv_usage: s.kv_usage,
+            active_adapters: last.map(|l| split(&l.running)).unwrap_or_default(),
+            waiting_adapters: last.map(|l| split(&l.waiting)).unwrap_or_default(),
+            max_adapters: (s.max_loras > 0).then_some(s.max_loras),
+            cache_block_size: Some(s.block_size),
+            cache_num_blocks: Some(u64::from(s.num_gpu_blocks)),
+            update_time: Some(Instant::from_secs_f64(now)),
+        };
+        self.endpoints[i].set_metrics(m);
+    }
+
+    fn saturation(&self, now: f64) -> f64 {
+        let now = Instant::from_secs_f64(now);
+        let n = self.endpoints.len().max(1) as f64;
+        self.endpoints
+            .iter()
+            .map(|e| {
+                let mut m = (*e.metrics()).clone();
+                if self.policy.blend_in_flight {
+                    m.waiting += unseen_in_flight(e.in_flight().requests(), &m);
+                }
+                self.detector.endpoint_score(&m, now)
+            })
+            .sum::<f64>()
+            / n
+    }
+
+    fn request(&self, id: u32) -> InferenceRequest {
+        let r = &self.reqs[id as usize];
+        let text = prompt_text(&r.spec, u64::from(id));
+        let model = r.spec.adapter.as_deref().unwrap_or(&self.model);
+        let mut req = InferenceRequest::text(model, &text);
+        req.request_id = id.to_string();
+        req.max_tokens = Some(r.spec.output);
+        req.stream = self.sc.client.streaming;
+        let class = &self.classes[r.class];
+        req.priority = class.priority;
+        req.fairness_id = class.fairness_id.clone().unwrap_or_else(|| class.name.clone());
+        req.body_bytes = text.len() + 64;
+        req
+    }
+
+    fn reject(&mut self, id: u32, now: f64) {
+        let r = &mut self.reqs[id as usize];
+        if matches!(r.state, State::Pending | State::Queued) {
+            r.state = State::Rejected;
+            r.done = now;
+            self.unresolved -= 1;
+        }
+    }
+
+    fn arrival(&mut self, id: u32, now: f64) {
+        self.push(now + self.sc.client.timeout_s, Ev::Timeout(id));
+        let req = self.request(id);
+        if let Some(fc) = &mut self.fc {
+            let q = QueuedRequest::from_request(
+                u64::from(id),
+                &req,
+                Instant::from_secs_f64(now),
+                fc.config().output_token_weight,
+            );
+            match fc.enqueue(q) {
+                Ok(()) => {
+                    self.reqs[id as usize].state = State::Queued;
+                    self.queued.insert(id, req);
+                    self.dispatch(now);
+                    self.arm_expiry();
+                }
+                Err(_) => self.reject(id, now),
+            }
+        } else {
+            self.route(id, &req, now, true);
+        }
+    }
+
+    fn arm_expiry(&mut self) {
+        let Some(next) = self.fc.as_ref().and_then(FlowController::next_deadline) else { return };
+        let at = next.as_nanos();
+        if self.expire_at.is_none_or(|e| at < e) {
+            self.expire_at = Some(at);
+            self.seq += 1;
+            self.heap.push(Reverse((at, self.seq, Ev::Expire)));
+        }
+    }
+
+    fn dispatch(&mut self, now: f64) {
+        loop {
+            let sat = self.saturation(now);
+            let Some(fc) = &mut self.fc else { return };
+            let Some(d) = fc.dispatch(Instant::from_secs_f64(now), sat) else { return };
+            let id = d.id as u32;
+            self.reqs[id as usize].flow = Some((d.fairness_id.clone(), d.priority, d.charged));
+            if let Some(req) = self.queued.remove(&id) {
+                self.reqs[id as usize].state = State::Pending;
+                self.route(id, &req, now, false);
+            }
+        }
+    }
+
+    fn route(&mut self, id: u32, req: &InferenceRequest, now: f64, admit: bool) {
+        let t = Instant::from_secs_f64(now);
+        let (endpoint, routed) = match &mut self.policy.router {
+            Router::Scheduler(s) => {
+                if admit && s.admit(req, &self.endpoints, t).is_err() {
+                    return self.reject(id, now);
+                }
+                let Ok(d) = s.schedule(req, &self.endpoints, 1, t, &mut self.rng) else {
+                    return self.reject(id, now);
+                };
+                let ep = d.endpoints[0].clone();
+                s.on_routed(&d, &ep);
+                (ep.id().0 as usize, Routed::Sched(d))
+            }
+            Router::SglangCacheAware(m) => {
+                let i = m.pick(&req.prompt.prefix_text(), &self.endpoints);
+                self.endpoints[i].in_flight().add(req.estimated_tokens());
+                (i, Routed::Tokens(req.estimated_tokens()))
+            }
+            Router::PowerOfTwo => {
+                let i = power_of_two(&self.endpoints, &mut self.rng);
+                self.endpoints[i].in_flight().add(req.estimated_tokens());
+                (i, Routed::Tokens(req.estimated_tokens()))
+            }
+        };
+        let r = &mut self.reqs[id as usize];
+        r.endpoint = endpoint;
+        r.routed = Some(routed);
+        r.state = State::Running;
+        let hashes = if self.prefix_hashes {
+            let text = req.prompt.prefix_text();
+            igw_sim::prompt::block_hashes(&text, self.block_size, r.spec.adapter.as_deref().unwrap_or(""))
+        } else {
+            Vec::new()
+        };
+        let sim = SimRequest {
+            id: RequestId(u64::from(id)),
+            prompt_tokens: r.spec.input,
+            block_hashes: hashes,
+            output_tokens: r.spec.output,
+            max_tokens: r.spec.output,
+            adapter: r.spec.adapter.clone(),
+        };
+        if self.engines[endpoint].submit(sim, t).is_err() {
+            self.release(id, now);
+            let r = &mut self.reqs[id as usize];
+            r.state = State::Rejected;
+            r.done = now;
+            self.unresolved -= 1;
+            return;
+        }
+        self.kick(endpoint, now);
+    }
+
+    fn kick(&mut self, e: usize, now: f64) {
+        if !self.busy[e]
+            && let Some(d) = self.engines[e].start_step(Instant::from_secs_f64(now))
+        {
+            self.busy[e] = true;
+            self.steps += 1;
+            self.push(now + d.as_secs_f64(), Ev::StepEnd(e as u32));
+        }
+    }
+
+    /// Releases the router-side accounting of a dispatched request.
+    fn release(&mut self, id: u32, _now: f64) {
+        let r = &mut self.reqs[id as usize];
+        let ep = &self.endpoints[r.endpoint];
+        match r.routed.take() {
+            Some(Routed::Sched(d)) => {
+                if let Router::Scheduler(s) = &self.policy.router {
+                    s.on_finished(&d, ep);
+                }
+            }
+            Some(Routed::Tokens(t)) => ep.in_flight().release(t),
+            None => {}
+        }
+        if let (Some(fc), Some((fid, prio, charged))) = (&mut self.fc, r.flow.take()) {
+            fc.on_served(&fid, prio, u64::from(r.spec.input), u64::from(r.tokens), charged);
+        }
+    }
+
+    fn step_end(&mut self, e: usize, now: f64) {
+        self.busy[e] = false;
+        let out = self.engines[e].finish_step(Instant::from_secs_f64(now));
+        for ev in out.events {
+            let id = ev.id.0 as u32;
+            let r = &mut self.reqs[id as usize];
+            if r.state != State::Running {
+                continue;
+            }
+            if r.tokens == 0 {
+                r.first = now;
+            } else {
+                self.itl.record(now - r.last);
+            }
+            r.last = now;
+            r.tokens += 1;
+            if let Some(f) = ev.finished {
+                r.cached = f.cached_tokens;
+                r.state = State::Completed;
+                r.done = now;
+                self.unresolved -= 1;
+                self.release(id, now);
+            }
+        }
+        self.kick(e, now);
+        if self.fc.as_ref().is_some_and(|f| !f.is_empty()) {
+            self.dispatch(now);
+        }
+    }
+
+    fn timeout(&mut self, id: u32, now: f64) {
+        let state = self.reqs[id as usize].state;
+        match state {
+            State::Queued => {
+                if let Some(fc) = &mut self.fc {
+                    fc.cancel(u64::from(id));
+                }
+                self.queued.remove(&id);
+            }
+            State::Running => {
+                let e = self.reqs[id as usize].endpoint;
+                self.engines[e].abort(RequestId(u64::from(id)), Instant::from_secs_f64(now));
+                self.release(id, now);
+            }
+            _ => return,
+        }
+        let r = &mut self.reqs[id as usize];
+        r.state = State::TimedOut;
+        r.done = now;
+        self.unresolved -= 1;
+    }
+
+    /// TTL expiry at the event's exact time in nanoseconds: going through `f64` seconds could
+    /// round it down below the deadline, expire nothing, and re-arm the same event for ever.
+    fn expire(&mut self, at_nanos: u64) {
+        self.expire_at = None;
+        let now = at_nanos as f64 / 1e9;
+        let Some(fc) = &mut self.fc else { return };
+        let gone = fc.expire(Instant::from_nanos(at_nanos));
+        for (id, outcome) in gone {
+            debug_assert_eq!(outcome, FlowOutcome::EvictedTTL);
+            self.queued.remove(&(id as u32));
+            self.reject(id as u32, now);
+        }
+        self.arm_expiry();
+    }
+}
+
+/// Runs one policy at one offered QPS; `capacity_qps` only scales the reported load factor.
+pub fn run_point(
+    sc: &Scenario,
+    generator: &Generator,
+    policy_name: &str,
+    qps: f64,
+    capacity_qps: f64,
+) -> Result<PointResult, BenchError> {
+    run_point_with(sc, generator, Policy::build(policy_name, &sc.flow)?, qps, capacity_qps)
+}
+
+/// [`run_point`] with an already built policy (e.g. a flow configuration adjusted by hand).
+pub fn run_point_with(
+    sc: &Scenario,
+    generator: &Generator,
+    policy: Policy,
+    qps: f64,
+    capacity_qps: f64,
+) -> Result<PointResult, BenchError> {
+    let policy_name = policy.name.clone();
+    let policy_name = policy_name.as_str();
+    let profile = sc.profile()?;
+    let speeds = sc.speed_factors();
+    let mut engines = Vec::with_capacity(speeds.len());
+    for (i, s) in speeds.iter().enumerate() {
+        let mut cfg = EngineConfig::new(profile.clone());
+        cfg.speed = *s;
+        cfg.jitter_sigma = sc.fleet.jitter_sigma;
+        cfg.seed = sc.fleet.seed.wrapping_add(i as u64);
+        cfg.max_loras = sc.fleet.max_loras;
+        engines.push(Engine::new(cfg)?);
+    }
+    let ds = Datastore::with_endpoints((0..engines.len()).map(|i| {
+        EndpointMeta::from_addr(std::net::SocketAddr::from(([10, 0, (i >> 8) as u8, (i & 255) as u8], 8000)))
+    }));
+    let endpoints = ds.snapshot().endpoints.clone();
+    let classes = sc.classes();
+    // Requests and arrival times: the same for every policy (seeded by the scenario, not the policy).
+    let mut arng = SmallRng::seed_from_u64(sc.arrivals.seed ^ (qps.to_bits()));
+    let times = arrival_times(sc.arrivals.process, qps, sc.arrivals.duration_s, &mut arng);
+    let mut wrng = SmallRng::seed_from_u64(sc.workload.seed() ^ (qps.to_bits().rotate_left(17)));
+    let cum: Vec<f64> = classes
+        .iter()
+        .scan(0.0, |acc, c| {
+            *acc += c.fraction;
+            Some(*acc)
+        })
+        .collect();
+    let reqs: Vec<Req> = times
+        .iter()
+        .map(|&t| {
+            let u: f64 = arng.random();
+            let class = cum.iter().position(|c| u < *c).unwrap_or(classes.len() - 1);
+            Req {
+                spec: generator.next(&mut wrng),
+                class,
+                arrival: t,
+                state: State::Pending,
+                endpoint: 0,
+                first: 0.0,
+                last: 0.0,
+                done: 0.0,
+                tokens: 0,
+                cached: 0,
+                routed: None,
+                flow: None,
+            }
+        })
+        .collect();
+    let fc = match &policy.flow {
+        Some(cfg) => {
+            Some(FlowController::new(cfg.clone()).map_err(|e| BenchError::Policy(policy_name.into(), e.to_string()))?)
+        }
+        None => None,
+    };
+    let n = engines.len();
+    let mut sim = Sim {
+        sc,
+        classes: classes.clone(),
+        policy,
+        busy: vec![false; n],
+        engines,
+        endpoints,
+        heap: BinaryHeap::new(),
+        seq: 0,
+        unresolved: reqs.len(),
+        reqs,
+        queued: HashMap::new(),
+        fc,
+        expire_at: None,
+        detector: UtilizationDetector::default(),
+        rng: SmallRng::seed_from_u64(sc.arrivals.seed.wrapping_mul(31).wrapping_add(7)),
+        itl: LogHistogram::default(),
+        steps: 0,
+        model: profile.model.clone(),
+        block_size: profile.block_size,
+        prefix_hashes: matches!(sc.workload, crate::workload::WorkloadSpec::SharedPrefix { .. }),
+    };
+    for (i, t) in times.iter().enumerate() {
+        sim.push(*t, Ev::Arrival(i as u32));
+    }
+    let period = sc.scrape_interval_ms as f64 / 1000.0;
+    for i in 0..n {
+        sim.scrape(i, 0.0);
+        sim.push(period * (i as f64 + 1.0) / n as f64, Ev::Scrape(i as u32));
+    }
+    let mut now = 0.0;
+    while let Some(Reverse((at, _, ev))) = sim.heap.pop() {
+        now = at as f64 / 1e9;
+        match ev {
+            Ev::Arrival(id) => sim.arrival(id, now),
+            Ev::StepEnd(e) => sim.step_end(e as usize, now),
+            Ev::Timeout(id) => sim.timeout(id, now),
+            Ev::Expire => sim.expire(at),
+            Ev::Scrape(e) => {
+                sim.scrape(e as usize, now);
+                if sim.unresolved > 0 {
+                    sim.push(now + period, Ev::Scrape(e));
+                }
+                if sim.fc.as_ref().is_some_and(|f| !f.is_empty()) {
+                    sim.dispatch(now);
+                }
+            }
+        }
+        if sim.unresolved == 0 && !sim.busy.iter().any(|b| *b) {
+            break;
+        }
+    }
+    let row = summarize(&sim, policy_name, qps, capacity_qps, now);
+    Ok(PointResult { row, virtual_s: now, steps: sim.steps })
+}
+
+fn summarize(sim: &Sim<'_>, policy: &str, qps: f64, capacity: f64, end: f64) -> Row {
+    let sc = sim.sc;
+    let (mut tpot, mut ttft, mut e2e) = (Vec::new(), Vec::new(), Vec::new());
+    // Per class: the row, e2e latencies, completed output tokens, and those completed while
+    // arrivals were still coming (the window in which backlogged classes compete).
+    let mut by_class: BTreeMap<String, (ClassRow, Vec<f64>, u64, u64)> = BTreeMap::new();
+    let (mut completed, mut rejected, mut timeouts, mut out_tokens, mut window_tokens) = (0, 0, 0, 0u64, 0u64);
+    let (mut prompt_tokens, mut cached_tokens) = (0u64, 0u64);
+    for r in &sim.reqs {
+        let c = by_class.entry(sim.classes[r.class].name.clone()).or_default();
+        c.0.attempted += 1;
+        match r.state {
+            State::Completed => {
+                completed += 1;
+                c.0.completed += 1;
+                let lat = r.done - r.arrival;
+                tpot.push(lat / f64::from(r.tokens.max(1)));
+                ttft.push(r.first - r.arrival);
+                e2e.push(lat);
+                c.1.push(lat);
+                c.2 += u64::from(r.tokens);
+                out_tokens += u64::from(r.tokens);
+                if r.done <= sc.arrivals.duration_s {
+                    window_tokens += u64::from(r.tokens);
+                    c.3 += u64::from(r.tokens);
+                }
+                prompt_tokens += u64::from(r.spec.input);
+                cached_tokens += u64::from(r.cached);
+            }
+            State::Rejected => {
+                rejected += 1;
+                c.0.rejected += 1;
+            }
+            State::TimedOut => {
+                timeouts += 1;
+                c.0.timeouts += 1;
+            }
+            _ => {}
+        }
+    }
+    let ms = |v: &mut Vec<f64>| percentile(v, 0.9) * 1000.0;
+    let tokens_per_min = match sc.client.mode {
+        ClientMode::Lpg => 60.0 * out_tokens as f64 / end.max(1e-9),
+        ClientMode::Open => 60.0 * window_tokens as f64 / sc.arrivals.duration_s,
+    };
+    let by_class = by_class
+        .into_iter()
+        .map(|(k, (mut row, mut lat, toks, window))| {
+            row.p90_e2e_ms = ms(&mut lat);
+            // Open loop: shares of what completed while the load was on (after it stops, the
+            // classes still queued drain alone and would inflate their share); the blog's client
+            // sends in steps and drains, so there the whole run counts.
+            row.share = match sc.client.mode {
+                ClientMode::Open if window_tokens > 0 => window as f64 / window_tokens as f64,
+                _ if out_tokens > 0 => toks as f64 / out_tokens as f64,
+                _ => 0.0,
+            };
+            (k, row)
+        })
+        .collect();
+    Row {
+        policy: policy.to_string(),
+        qps,
+        sent_qps: sim.reqs.len() as f64 / sc.arrivals.duration_s,
+        load_factor: if capacity > 0.0 { qps / capacity } else { 0.0 },
+        attempted: sim.reqs.len() as u64,
+        completed,
+        rejected,
+        timeouts,
+        p90_tpot_ms: ms(&mut tpot),
+        p90_itl_ms: sim.itl.quantile(0.9) * 1000.0,
+        p90_ttft_ms: ms(&mut ttft),
+        p90_e2e_ms: ms(&mut e2e),
+        output_tokens_per_min: tokens_per_min,
+        cache_hit_rate: if prompt_tokens > 0 { cached_tokens as f64 / prompt_tokens as f64 } else { 0.0 },
+        by_class,
+    }
+}
+
+/// Waiting requests kept in front of the replica while its capacity is measured.
+pub const CAPACITY_QUEUE_DEPTH: usize = 4;
+
+/// The fleet's capacity for the scenario's workload, requests/s: one replica of the profile kept
+/// busy with a short queue (`CAPACITY_QUEUE_DEPTH` waiting, about where the saturation detector
+/// stops sending more) for 150 virtual seconds, its completion rate over the last 120 s, times
+/// the sum of the replicas' speed factors. A deep queue would measure less: vLLM admits up to
+/// `max_num_seqs` and then preempts by recompute when KV blocks run out, wasting prefill work.
+pub fn capacity_qps(sc: &Scenario, generator: &Generator) -> Result<f64, BenchError> {
+    if let Some(c) = sc.capacity_qps {
+        return Ok(c);
+    }
+    let profile = sc.profile()?;
+    let mut cfg = EngineConfig::new(profile.clone());
+    cfg.max_loras = sc.fleet.max_loras;
+    let mut engine = Engine::new(cfg)?;
+    let mut rng = SmallRng::seed_from_u64(sc.workload.seed() ^ 0xca9a);
+    let prefix = matches!(sc.workload, crate::workload::WorkloadSpec::SharedPrefix { .. });
+    let (mut t, mut id, mut done) = (0.0f64, 0u64, 0u64);
+    let (warm, end) = (30.0, 150.0);
+    while t < end {
+        while engine.waiting_len() < CAPACITY_QUEUE_DEPTH {
+            id += 1;
+            let spec = generator.next(&mut rng);
+            let hashes = if prefix {
+                igw_sim::prompt::block_hashes(&prompt_text(&spec, id), profile.block_size, "")
+            } else {
+                Vec::new()
+            };
+            engine.submit(
+                SimRequest {
+                    id: RequestId(id),
+                    prompt_tokens: spec.input,
+                    block_hashes: hashes,
+                    output_tokens: spec.output,
+                    max_tokens: spec.output,
+                    adapter: spec.adapter.clone(),
+                },
+                Instant::from_secs_f64(t),
+            )?;
+        }
+        let Some((d, out)) = engine.step(Instant::from_secs_f64(t)) else { break };
+        t += d.as_secs_f64();
+        if t >= warm {
+            done += out.events.iter().filter(|e| e.finished.is_some()).count() as u64;
+        }
+    }
+    let per_replica = done as f64 / (end - warm);
+    Ok(per_replica * sc.speed_factors().iter().sum::<f64>())
+}
+
+/// The workload generator of a scenario, loading ShareGPT when the scenario asks for it and the
+/// data is present (otherwise the generator falls back to the LPG-fit lengths and says so).
+pub fn generator(sc: &Scenario) -> Result<Generator, BenchError> {
+    let pairs = match &sc.workload {
+        crate::workload::WorkloadSpec::Sharegpt { path, .. } => {
+            let p = path.as_ref().map(std::path::PathBuf::from).or_else(crate::sharegpt::locate);
+            match p {
+                Some(p) => Some(Arc::new(crate::sharegpt::load(&p)?.pairs)),
+                None => None,
+            }
+        }
+        _ => None,
+    };
+    Generator::new(&sc.workload, pairs)
+}
+
+/// Runs every (policy, QPS) point of a scenario; `policies` and `qps` override the scenario's.
+/// `progress` is told each finished row.
+pub fn run_scenario(
+    sc: &Scenario,
+    policies: Option<&[String]>,
+    qps: Option<&[f64]>,
+    mut progress: impl FnMut(&Row),
+) -> Result<crate::report::Report, BenchError> {
+    let generator = generator(sc)?;
+    let capacity = capacity_qps(sc, &generator)?;
+    let ladder: Vec<f64> = match qps {
+        Some(q) => q.to_vec(),
+        None if !sc.arrivals.qps.is_empty() => sc.arrivals.qps.clone(),
+        None => sc.arrivals.load_factors.iter().map(|f| (f * capacity * 10.0).round() / 10.0).collect(),
+    };
+    let policies = policies.map(<[String]>::to_vec).unwrap_or_else(|| sc.policies.clone());
+    let mut rows = Vec::new();
+    for p in &policies {
+        for q in &ladder {
+            let r = run_point(sc, &generator, p, *q, capacity)?;
+            progress(&r.row);
+            rows.push(r.row);
+        }
+    }
+    Ok(crate::report::Report {
+        scenario: sc.name.clone(),
+        capacity_qps: capacity,
+        workload: generator.description.clone(),
+        rows,
+    })
+}

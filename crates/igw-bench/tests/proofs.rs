@@ -1,0 +1,116 @@
+//! The proofs of issues 7 and 8, in virtual time with fixed seeds (small fleets, short steps).
+
+#![allow(clippy::unwrap_used)]
+
+use igw_bench::cluster::{capacity_qps, generator, run_point, run_point_with};
+use igw_bench::report::Row;
+use igw_bench::scenario::Scenario;
+
+fn shrink(name: &str, replicas: usize, duration_s: f64) -> Scenario {
+    let mut sc = Scenario::builtin(name).unwrap();
+    sc.fleet.replicas = replicas;
+    sc.arrivals.duration_s = duration_s;
+    sc
+}
+
+fn point(sc: &Scenario, policy: &str, load: f64) -> Row {
+    let g = generator(sc).unwrap();
+    let cap = capacity_qps(sc, &g).unwrap();
+    run_point(sc, &g, policy, load * cap, cap).unwrap().row
+}
+
+fn point_with(sc: &Scenario, policy: igw_bench::policy::Policy, load: f64) -> Row {
+    let g = generator(sc).unwrap();
+    let cap = capacity_qps(sc, &g).unwrap();
+    run_point_with(sc, &g, policy, load * cap, cap).unwrap().row
+}
+
+/// Issue 8, what holds with upstream's static ceiling (1.0) behind igw's scheduler: at 2×
+/// capacity no critical request is rejected, the sheddable class takes the rejections, and every
+/// request is accounted for.
+#[test]
+fn priority_overload_sheds_sheddable_first_and_never_critical() {
+    let sc = shrink("priority-overload", 2, 60.0);
+    let low = point(&sc, "igw+flow", 0.5);
+    let high = point(&sc, "igw+flow", 2.0);
+    let (ch, sh, st) = (&high.by_class["critical"], &high.by_class["sheddable"], &high.by_class["standard"]);
+    eprintln!("0.5: {:?}\n2.0: {:?}", low.by_class, high.by_class);
+    assert_eq!(low.rejected + low.timeouts, 0, "nothing is lost at half load");
+    assert_eq!(ch.rejected + ch.timeouts, 0, "no critical request is rejected at 2×");
+    assert!(sh.rejected > 0 && sh.rejected > st.rejected, "sheddable {sh:?} standard {st:?}");
+    assert!(sh.completed < st.completed);
+    assert_eq!(high.attempted, high.completed + high.rejected + high.timeouts, "every request is accounted for");
+}
+
+/// Issue 8's latency target needs headroom: with the priority-holdback ceilings [0.5, 0.1] the
+/// critical class's p90 e2e at 2× stays within 1.6× of its value at 0.5× (with the static ceiling
+/// it is ~3.3×: the engines' batches fill with lower-priority work and every decode step slows).
+/// The price is throughput; BENCHMARKS.md has the curve.
+#[test]
+fn priority_holdback_keeps_critical_latency_near_its_unloaded_value() {
+    let mut sc = shrink("priority-overload", 2, 60.0);
+    sc.flow.holdback = Some([0.5, 0.1]);
+    let build = || igw_bench::policy::Policy::build("igw+flow", &sc.flow).unwrap();
+    let low = point_with(&sc, build(), 0.5);
+    let high = point_with(&sc, build(), 2.0);
+    let (cl, ch) = (&low.by_class["critical"], &high.by_class["critical"]);
+    eprintln!("critical p90 e2e {:.0} ms at 0.5×, {:.0} ms at 2×", cl.p90_e2e_ms, ch.p90_e2e_ms);
+    assert_eq!(ch.rejected + ch.timeouts, 0);
+    assert!(ch.p90_e2e_ms <= 1.6 * cl.p90_e2e_ms, "critical p90 e2e {} vs {} at 0.5×", ch.p90_e2e_ms, cl.p90_e2e_ms);
+}
+
+/// The in-flight blend is what makes the gate hold: with upstream-default's scheduler (gate fed
+/// by scrapes alone) a burst between scrapes overfills the engines, requests wait there instead
+/// of in their priority band, and critical ones time out of the queue; with igw's none do.
+#[test]
+fn the_gate_needs_the_in_flight_blend() {
+    let sc = shrink("priority-overload", 2, 60.0);
+    let igw = point(&sc, "igw+flow", 2.0);
+    let upstream = point(&sc, "upstream-default+flow", 2.0);
+    eprintln!(
+        "critical rejected: igw {} upstream {}",
+        igw.by_class["critical"].rejected, upstream.by_class["critical"].rejected
+    );
+    assert_eq!(igw.by_class["critical"].rejected, 0);
+    assert!(upstream.by_class["critical"].rejected > 0);
+}
+
+/// Issue 8: two tenants in one band, both backlogged (both lose requests to the queue TTL), each
+/// get at least 45% of the output tokens completed while the load is on.
+#[test]
+fn fairness_splits_tokens_between_backlogged_tenants() {
+    let mut sc = shrink("fairness", 2, 60.0);
+    // heavy 5× and light 1.2× of the single-replica capacity estimate: light must offer more
+    // than half of what the gate actually lets through, which in this model is more than that
+    // estimate (see BENCHMARKS.md).
+    sc.classes[0].fraction = 5.0 / 6.2;
+    sc.classes[1].fraction = 1.2 / 6.2;
+    let r = point(&sc, "igw+flow", 6.2);
+    let (h, l) = (&r.by_class["heavy"], &r.by_class["light"]);
+    eprintln!("{:?}", r.by_class);
+    assert!(h.rejected > 0 && l.rejected > 0, "both backlogged");
+    assert!(h.share >= 0.45 && l.share >= 0.45, "heavy {:.3} light {:.3}", h.share, l.share);
+}
+
+/// Issue 7: with 2 of 10 replicas 30% slower, igw's p90 per-output-token latency beats random's
+/// at capacity.
+#[test]
+fn heterogeneous_fleet_igw_beats_random_on_tpot() {
+    let sc = shrink("heterogeneous", 10, 20.0);
+    let igw = point(&sc, "igw", 1.0);
+    let random = point(&sc, "random", 1.0);
+    eprintln!("igw {:.1} ms, random {:.1} ms", igw.p90_tpot_ms, random.p90_tpot_ms);
+    assert_eq!(igw.rejected + random.rejected, 0);
+    assert!(igw.p90_tpot_ms < random.p90_tpot_ms, "igw {} random {}", igw.p90_tpot_ms, random.p90_tpot_ms);
+}
+
+/// The same seed gives the same row.
+#[test]
+fn runs_are_deterministic() {
+    let sc = shrink("blog", 2, 5.0);
+    let g = generator(&sc).unwrap();
+    let a = run_point(&sc, &g, "igw", 20.0, 50.0).unwrap().row;
+    let b = run_point(&sc, &g, "igw", 20.0, 50.0).unwrap().row;
+    assert_eq!(a, b);
+    assert_eq!(a.attempted, 100);
+}
