@@ -158,8 +158,14 @@ impl Scheduler {
         let upstream = vec![(Scorer::Queue, 2.0), (Scorer::KvCache, 2.0), (Scorer::Prefix, 3.0)];
         Ok(match name {
             "upstream-default" => Scheduler::new(name, upstream, Picker::MaxScore, Some(PrefixConfig::upstream())),
-            "igw" => Scheduler::new(name, upstream, Picker::MaxScore, Some(PrefixConfig::default()))
-                .with_in_flight_blending(true)
+            "igw" => {
+                // Upstream's default has no LoRA signal: a request for an adapter lands wherever
+                // the queue is shortest and the engine loads the adapter there, evicting another.
+                let mut scorers = upstream;
+                scorers.push((Scorer::LoraAffinity, 3.0));
+                Scheduler::new(name, scorers, Picker::MaxScore, Some(PrefixConfig::default()))
+            }
+            .with_in_flight_blending(true)
                 .with_staleness_filter(Some(Duration::from_secs(1))),
             "legacy-filter-tree" => {
                 let mut s = Scheduler::new(name, vec![], Picker::Random, None);
