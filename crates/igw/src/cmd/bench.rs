@@ -12,6 +12,8 @@ pub enum BenchCommand {
     /// Discrete-event cluster benchmark: simulated vLLM replicas in virtual time, every decision
     /// made by igw's real scheduler (and flow controller), scenarios as data.
     Sim(SimBenchArgs),
+    /// Flow-controller throughput: enqueue + dispatch pairs per second with a deep queue (one thread).
+    Flow(FlowBenchArgs),
 }
 
 /// Flags of `igw bench scheduler`.
@@ -32,6 +34,23 @@ pub struct SchedulerArgs {
     /// Seed.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Print one JSON object as the last stdout line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Flags of `igw bench flow`.
+#[derive(Args, Debug)]
+pub struct FlowBenchArgs {
+    /// Requests kept queued (over 3 priority bands).
+    #[arg(long, default_value_t = 10_000)]
+    pub queued: usize,
+    /// Fairness flows the queue is spread over.
+    #[arg(long, default_value_t = 100)]
+    pub flows: usize,
+    /// Timed enqueue + dispatch pairs.
+    #[arg(long, default_value_t = 500_000)]
+    pub pairs: usize,
     /// Print one JSON object as the last stdout line.
     #[arg(long)]
     pub json: bool,
@@ -106,6 +125,17 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Extproc(a) => super::bench_extproc::run(*a),
         BenchCommand::Sim(a) => bench_sim(a),
+        BenchCommand::Flow(a) => {
+            let r = igw_bench::flow_bench::run(a.queued, a.flows, a.pairs.max(1));
+            println!(
+                "flow controller (VTC, {} bands, {} flows) with {} queued: {:.0} enqueue+dispatch pairs/s, {:.0} ops/s on one thread",
+                r.bands, r.flows, r.queued, r.pairs_per_s, r.ops_per_s
+            );
+            if a.json {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+            Ok(())
+        }
         BenchCommand::Scheduler(a) => {
             let opts = igw_sched::bench::BenchOptions {
                 policy: a.policy,
