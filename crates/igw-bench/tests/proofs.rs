@@ -114,3 +114,15 @@ fn runs_are_deterministic() {
     assert_eq!(a, b);
     assert_eq!(a.attempted, 100);
 }
+
+/// The annotated example in docs/bench-scenarios.md is a valid scenario.
+#[test]
+fn the_documented_example_scenario_parses() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/bench-scenarios.md")).unwrap();
+    let start = doc.find("```yaml\n").unwrap() + "```yaml\n".len();
+    let end = start + doc[start..].find("```").unwrap();
+    let sc = Scenario::from_yaml(&doc[start..end]).unwrap();
+    assert_eq!(sc.fleet.replicas, 10);
+    assert_eq!(sc.flow.holdback, Some([1.0, 0.5]));
+    assert_eq!(sc.classes.len(), 2);
+}
