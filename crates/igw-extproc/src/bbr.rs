@@ -28,14 +28,13 @@ use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
     ExternalProcessor, ExternalProcessorServer,
 };
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpBody, HttpHeaders,
-    ImmediateResponse, ProcessingRequest, ProcessingResponse, StreamedBodyResponse, TrailersResponse, body_mutation,
-    processing_request, processing_response,
+    BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpBody, HttpHeaders, ImmediateResponse,
+    ProcessingRequest, ProcessingResponse, TrailersResponse, processing_request, processing_response,
 };
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use futures::FutureExt;
 use igw_request::metrics::{HistogramFamily, SCHEDULER_BUCKETS, ValueFamily};
-use igw_request::{BodyBuffer, DEFAULT_MAX_BODY_BYTES, streamed_chunks};
+use igw_request::{BodyBuffer, DEFAULT_MAX_BODY_BYTES};
 use serde_json::Value;
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -46,6 +45,7 @@ use crate::conn::incoming;
 use crate::health::Health;
 use crate::metadata::set_header;
 use crate::server::{Listeners, ServeError};
+use crate::stream::{Direction, streamed};
 use crate::tls::{TlsConfig, server_config};
 
 /// Header the default `body-field-to-header` plugin writes.
@@ -398,7 +398,7 @@ impl BbrStream {
             };
             let mut out =
                 vec![answer(processing_response::Response::RequestHeaders(HeadersResponse { response: Some(common) }))];
-            out.extend(streamed(&body, true, true));
+            out.extend(streamed(&body, true, Direction::Request));
             out
         } else {
             let common = CommonResponse {
@@ -416,7 +416,7 @@ impl BbrStream {
             self.phase = Phase::Done;
         }
         if self.response_duplex {
-            streamed(&Bytes::from(b.body), eos, false)
+            streamed(&Bytes::from(b.body), eos, Direction::Response)
         } else {
             vec![answer(processing_response::Response::ResponseBody(BodyResponse::default()))]
         }
@@ -474,31 +474,6 @@ fn immediate(status: u16, body: &str) -> ProcessingResponse {
         body: body.as_bytes().to_vec(),
         ..Default::default()
     }))
-}
-
-/// `body` as `streamed_response` chunks of at most 62,000 bytes, end of stream on the last when `eos`.
-fn streamed(body: &Bytes, eos: bool, request: bool) -> Vec<ProcessingResponse> {
-    let n = body.len().div_ceil(igw_request::MAX_STREAMED_CHUNK_BYTES).max(1);
-    streamed_chunks(body)
-        .enumerate()
-        .map(|(i, chunk)| {
-            let sbr =
-                StreamedBodyResponse { body: chunk.to_vec(), end_of_stream: eos && i + 1 == n, ..Default::default() };
-            let br = BodyResponse {
-                response: Some(CommonResponse {
-                    body_mutation: Some(BodyMutation {
-                        mutation: Some(body_mutation::Mutation::StreamedResponse(sbr)),
-                    }),
-                    ..Default::default()
-                }),
-            };
-            answer(if request {
-                processing_response::Response::RequestBody(br)
-            } else {
-                processing_response::Response::ResponseBody(br)
-            })
-        })
-        .collect()
 }
 
 /// The `ExternalProcessor` service of BBR.

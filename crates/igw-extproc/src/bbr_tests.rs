@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
-use envoy_types::pb::envoy::service::ext_proc::v3::ProtocolConfiguration;
+use envoy_types::pb::envoy::service::ext_proc::v3::{ProtocolConfiguration, body_mutation};
 
 use super::*;
 

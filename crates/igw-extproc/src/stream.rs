@@ -614,8 +614,9 @@ fn concat(a: Bytes, b: Bytes) -> Bytes {
     Bytes::from(v)
 }
 
+/// Which direction of the stream a body message belongs to.
 #[derive(Clone, Copy)]
-enum Direction {
+pub(crate) enum Direction {
     Request,
     Response,
 }
@@ -664,7 +665,7 @@ fn trailers_response(dir: Direction) -> ProcessingResponse {
 
 /// `body` as `streamed_response` body responses of at most 62,000 bytes; `end_of_stream` on the
 /// last one when `eos`. An empty body is one empty message.
-fn streamed(body: &Bytes, eos: bool, dir: Direction) -> Vec<ProcessingResponse> {
+pub(crate) fn streamed(body: &Bytes, eos: bool, dir: Direction) -> Vec<ProcessingResponse> {
     let n = body.len().div_ceil(igw_request::MAX_STREAMED_CHUNK_BYTES).max(1);
     streamed_chunks(body)
         .enumerate()
