@@ -166,7 +166,7 @@ impl Scheduler {
                 Scheduler::new(name, scorers, Picker::MaxScore, Some(PrefixConfig::default()))
             }
             .with_in_flight_blending(true)
-                .with_staleness_filter(Some(Duration::from_secs(1))),
+            .with_staleness_filter(Some(Duration::from_secs(1))),
             "legacy-filter-tree" => {
                 let mut s = Scheduler::new(name, vec![], Picker::Random, None);
                 s.legacy_tree = true;
