@@ -14,6 +14,9 @@ pub enum BenchCommand {
     Sim(SimBenchArgs),
     /// Flow-controller throughput: enqueue + dispatch pairs per second with a deep queue (one thread).
     Flow(FlowBenchArgs),
+    /// Real-time open-loop load against any OpenAI-compatible URL: TTFT, ITL, TPOT, e2e, every
+    /// request accounted for.
+    Run(Box<super::bench_run::RunArgs>),
 }
 
 /// Flags of `igw bench scheduler`.
@@ -125,6 +128,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Extproc(a) => super::bench_extproc::run(*a),
         BenchCommand::Sim(a) => bench_sim(a),
+        BenchCommand::Run(a) => super::bench_run::run(*a),
         BenchCommand::Flow(a) => {
             let r = igw_bench::flow_bench::run(a.queued, a.flows, a.pairs.max(1));
             println!(

@@ -3,6 +3,7 @@
 pub mod bbr;
 pub mod bench;
 pub mod bench_extproc;
+pub mod bench_run;
 pub mod crds;
 pub mod epp;
 pub mod gateway_config;

@@ -1,0 +1,377 @@
+//! `igw bench run`: a real-time, open-loop load generator against any OpenAI-compatible URL.
+//!
+//! Requests follow a scenario's workload (lengths, shared prefixes, adapters) with Poisson
+//! arrivals per QPS step; a late request never delays the next. Each request streams
+//! (`stream_options.include_usage`) and is timed at the client: TTFT (first token event), the gaps
+//! between token events (ITL), TPOT (e2e ÷ output tokens, the blog's per-output-token latency) and
+//! e2e. Every request is accounted for: completed, rejected (429/503), failed (other status or
+//! transport error) or timed out.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use clap::Args;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use serde::Serialize;
+
+fn parse_go_duration(s: &str) -> Result<Duration, String> {
+    igw_sched::flow::quantity::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Flags of `igw bench run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Base URL of the OpenAI-compatible server or gateway.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Model name sent in every request.
+    #[arg(long, default_value = "meta-llama/Llama-2-7b-hf")]
+    pub model: String,
+    /// The built-in scenario whose workload (lengths, prefixes, adapters) is sent.
+    #[arg(long, default_value = "blog")]
+    pub scenario: String,
+    /// Offered QPS per step.
+    #[arg(long, value_delimiter = ',', default_value = "5")]
+    pub qps: Vec<f64>,
+    /// Duration of each step (Go duration); the step then waits for its requests to end.
+    #[arg(long, default_value = "30s", value_parser = parse_go_duration)]
+    pub duration: Duration,
+    /// Client timeout per request.
+    #[arg(long, default_value = "600s", value_parser = parse_go_duration)]
+    pub timeout: Duration,
+    /// Cap on each request's max_tokens (0 = the workload's own lengths).
+    #[arg(long, default_value_t = 0)]
+    pub max_tokens_cap: u32,
+    /// Seed of the arrivals and the workload.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print one JSON object as the last stdout line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One QPS step's results.
+#[derive(Debug, Default, Serialize)]
+pub struct StepReport {
+    /// Offered QPS.
+    pub qps: f64,
+    /// Requests actually sent per second.
+    pub sent_qps: f64,
+    /// Requests sent.
+    pub attempted: u64,
+    /// Answered 2xx and fully read.
+    pub completed: u64,
+    /// Answered 429 or 503.
+    pub rejected: u64,
+    /// Other statuses and transport errors.
+    pub failed: u64,
+    /// Not finished within the client timeout.
+    pub timeouts: u64,
+    /// TTFT percentiles (ms).
+    pub p50_ttft_ms: f64,
+    /// p90 TTFT (ms).
+    pub p90_ttft_ms: f64,
+    /// p90 inter-token latency (ms).
+    pub p90_itl_ms: f64,
+    /// p90 e2e ÷ output tokens (ms).
+    pub p90_tpot_ms: f64,
+    /// p50 e2e (ms).
+    pub p50_e2e_ms: f64,
+    /// p90 e2e (ms).
+    pub p90_e2e_ms: f64,
+    /// Output tokens of completed requests per minute of the step.
+    pub output_tokens_per_min: f64,
+}
+
+/// The whole run.
+#[derive(Debug, Serialize)]
+pub struct RunReport {
+    /// Target URL.
+    pub url: String,
+    /// Workload description.
+    pub workload: String,
+    /// One entry per QPS step.
+    pub steps: Vec<StepReport>,
+}
+
+enum Outcome {
+    Completed { ttft: f64, itls: Vec<f64>, e2e: f64, tokens: u64 },
+    Rejected,
+    Failed,
+    TimedOut,
+}
+
+/// Runs the benchmark and prints the table (and JSON).
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let report = rt.block_on(bench(&args))?;
+    print!("{}", markdown(&report));
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(())
+}
+
+/// The report as a Markdown table.
+pub fn markdown(r: &RunReport) -> String {
+    let mut s = format!("`igw bench run` against {} · workload {}\n\n", r.url, r.workload);
+    s.push_str("| QPS | sent | attempted | completed | rejected | failed | timeouts | p50 / p90 TTFT ms | p90 ITL ms | p90 TPOT ms | p50 / p90 e2e ms | output tok/min |\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for t in &r.steps {
+        s.push_str(&format!(
+            "| {:.1} | {:.1} | {} | {} | {} | {} | {} | {:.0} / {:.0} | {:.1} | {:.1} | {:.0} / {:.0} | {:.0} |\n",
+            t.qps,
+            t.sent_qps,
+            t.attempted,
+            t.completed,
+            t.rejected,
+            t.failed,
+            t.timeouts,
+            t.p50_ttft_ms,
+            t.p90_ttft_ms,
+            t.p90_itl_ms,
+            t.p90_tpot_ms,
+            t.p50_e2e_ms,
+            t.p90_e2e_ms,
+            t.output_tokens_per_min
+        ));
+    }
+    s
+}
+
+/// Runs every step against `args.url`.
+pub async fn bench(args: &RunArgs) -> anyhow::Result<RunReport> {
+    let sc = igw_bench::scenario::Scenario::builtin(&args.scenario)?;
+    let generator = Arc::new(igw_bench::cluster::generator(&sc)?);
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let base = args.url.trim_end_matches('/').to_string();
+    let mut rng = SmallRng::seed_from_u64(args.seed);
+    let mut steps = Vec::new();
+    let mut next_id = 0u64;
+    for &qps in &args.qps {
+        let times = igw_bench::workload::arrival_times(
+            igw_bench::workload::Process::Poisson,
+            qps,
+            args.duration.as_secs_f64(),
+            &mut rng,
+        );
+        let start = tokio::time::Instant::now();
+        let mut tasks = Vec::with_capacity(times.len());
+        for t in &times {
+            tokio::time::sleep_until(start + Duration::from_secs_f64(*t)).await;
+            let mut spec = generator.next(&mut rng);
+            if args.max_tokens_cap > 0 {
+                spec.output = spec.output.min(args.max_tokens_cap);
+            }
+            next_id += 1;
+            let model = spec.adapter.as_deref().map_or_else(|| args.model.clone(), str::to_string);
+            let body = serde_json::json!({
+                "model": model,
+                "prompt": igw_bench::workload::prompt_text(&spec, next_id),
+                "max_tokens": spec.output,
+                "ignore_eos": true,
+                "stream": true,
+                "stream_options": {"include_usage": true},
+            })
+            .to_string();
+            let (client, url, timeout) = (client.clone(), format!("{base}/v1/completions"), args.timeout);
+            tasks.push(tokio::spawn(async move { one(client, url, body, timeout).await }));
+        }
+        let mut outcomes = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            outcomes.push(t.await.unwrap_or(Outcome::Failed));
+        }
+        let report = summarize(qps, &times, args.duration.as_secs_f64(), outcomes);
+        eprintln!(
+            "  {:.1} QPS: {} attempted, {} completed, {} rejected, {} failed, {} timeouts",
+            qps, report.attempted, report.completed, report.rejected, report.failed, report.timeouts
+        );
+        steps.push(report);
+    }
+    Ok(RunReport { url: args.url.clone(), workload: generator.description.clone(), steps })
+}
+
+async fn one(client: Client<HttpConnector, Full<Bytes>>, url: String, body: String, timeout: Duration) -> Outcome {
+    let t0 = Instant::now();
+    let fut = async {
+        let req = match hyper::Request::post(&url)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+        {
+            Ok(r) => r,
+            Err(_) => return Outcome::Failed,
+        };
+        let resp = match client.request(req).await {
+            Ok(r) => r,
+            Err(_) => return Outcome::Failed,
+        };
+        let status = resp.status().as_u16();
+        if status == 429 || status == 503 {
+            return Outcome::Rejected;
+        }
+        if !(200..300).contains(&status) {
+            return Outcome::Failed;
+        }
+        let mut body = resp.into_body();
+        let mut sse = SseTimer::default();
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return Outcome::Failed };
+            if let Ok(data) = frame.into_data() {
+                sse.push(&data, t0.elapsed().as_secs_f64());
+            }
+        }
+        match sse.first {
+            Some(ttft) => Outcome::Completed {
+                ttft,
+                itls: sse.itls,
+                e2e: t0.elapsed().as_secs_f64(),
+                tokens: sse.usage_tokens.unwrap_or(sse.events),
+            },
+            None => Outcome::Failed,
+        }
+    };
+    tokio::time::timeout(timeout, fut).await.unwrap_or(Outcome::TimedOut)
+}
+
+/// Times token events in an SSE stream whose chunks may split events anywhere.
+#[derive(Debug, Default)]
+pub struct SseTimer {
+    buf: Vec<u8>,
+    /// Seconds to the first token event.
+    pub first: Option<f64>,
+    last: f64,
+    /// Gaps between consecutive token events (s).
+    pub itls: Vec<f64>,
+    /// Token events seen.
+    pub events: u64,
+    /// `usage.completion_tokens` of the final usage event, if one came.
+    pub usage_tokens: Option<u64>,
+}
+
+impl SseTimer {
+    /// Feeds a chunk that arrived `at` seconds after the request was sent.
+    pub fn push(&mut self, chunk: &[u8], at: f64) {
+        self.buf.extend_from_slice(chunk);
+        while let Some(pos) = self.buf.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = self.buf.drain(..pos + 2).collect();
+            let text = String::from_utf8_lossy(&event);
+            for line in text.lines() {
+                let Some(data) = line.strip_prefix("data:").map(str::trim) else { continue };
+                if data == "[DONE]" {
+                    continue;
+                }
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else { continue };
+                if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
+                    self.usage_tokens = Some(n);
+                }
+                let has_token = v["choices"].as_array().is_some_and(|c| {
+                    c.iter().any(|c| {
+                        c["text"].as_str().is_some_and(|t| !t.is_empty())
+                            || c["delta"]["content"].as_str().is_some_and(|t| !t.is_empty())
+                    })
+                });
+                if has_token {
+                    self.events += 1;
+                    match self.first {
+                        None => self.first = Some(at),
+                        Some(_) => self.itls.push(at - self.last),
+                    }
+                    self.last = at;
+                }
+            }
+        }
+    }
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1] * 1000.0
+}
+
+fn summarize(qps: f64, times: &[f64], duration_s: f64, outcomes: Vec<Outcome>) -> StepReport {
+    let mut r = StepReport {
+        qps,
+        sent_qps: times.len() as f64 / duration_s.max(1e-9),
+        attempted: outcomes.len() as u64,
+        ..Default::default()
+    };
+    let (mut ttft, mut itl, mut tpot, mut e2e, mut tokens) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0u64);
+    for o in outcomes {
+        match o {
+            Outcome::Completed { ttft: t, itls, e2e: e, tokens: n } => {
+                r.completed += 1;
+                ttft.push(t);
+                itl.extend(itls);
+                tpot.push(e / n.max(1) as f64);
+                e2e.push(e);
+                tokens += n;
+            }
+            Outcome::Rejected => r.rejected += 1,
+            Outcome::Failed => r.failed += 1,
+            Outcome::TimedOut => r.timeouts += 1,
+        }
+    }
+    r.p50_ttft_ms = pct(&mut ttft, 0.5);
+    r.p90_ttft_ms = pct(&mut ttft, 0.9);
+    r.p90_itl_ms = pct(&mut itl, 0.9);
+    r.p90_tpot_ms = pct(&mut tpot, 0.9);
+    r.p50_e2e_ms = pct(&mut e2e, 0.5);
+    r.p90_e2e_ms = pct(&mut e2e, 0.9);
+    r.output_tokens_per_min = 60.0 * tokens as f64 / duration_s.max(1e-9);
+    r
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_events_split_anywhere_are_timed_once() {
+        let stream = b"data: {\"choices\":[{\"text\":\"a\"}]}\n\ndata: {\"choices\":[{\"text\":\"b\"}]}\n\ndata: {\"choices\":[],\"usage\":{\"completion_tokens\":2}}\n\ndata: [DONE]\n\n";
+        for split in 1..stream.len() {
+            let mut t = SseTimer::default();
+            t.push(&stream[..split], 0.1);
+            t.push(&stream[split..], 0.3);
+            assert_eq!((t.events, t.usage_tokens), (2, Some(2)), "split at {split}");
+            assert!(t.first.is_some());
+            assert_eq!(t.itls.len(), 1);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_request_against_a_sim_fleet_is_accounted_for() {
+        let mut cfg = igw_sim::FleetConfig::new(igw_sim::profile::Profile::llama2_7b_h100());
+        cfg.time_scale = 0.01;
+        let fleet = igw_sim::Fleet::bind(cfg, 1, 0).await.unwrap();
+        let args = RunArgs {
+            url: format!("http://{}", fleet.addrs()[0]),
+            model: "meta-llama/Llama-2-7b-hf".into(),
+            scenario: "shared-prefix".into(),
+            qps: vec![40.0],
+            duration: Duration::from_millis(500),
+            timeout: Duration::from_secs(30),
+            max_tokens_cap: 8,
+            seed: 3,
+            json: false,
+        };
+        let r = bench(&args).await.unwrap();
+        let s = &r.steps[0];
+        assert_eq!(s.attempted, 20);
+        assert_eq!(s.attempted, s.completed + s.rejected + s.failed + s.timeouts);
+        assert_eq!(s.completed, 20, "{s:?}");
+        assert!(s.p50_ttft_ms > 0.0 && s.p90_e2e_ms >= s.p50_e2e_ms && s.p90_tpot_ms > 0.0);
+        assert!(markdown(&r).contains("| 40.0 |"));
+        fleet.shutdown().await;
+    }
+}
