@@ -17,6 +17,9 @@ pub enum BenchCommand {
     /// Real-time open-loop load against any OpenAI-compatible URL: TTFT, ITL, TPOT, e2e, every
     /// request accounted for.
     Run(Box<super::bench_run::RunArgs>),
+    /// Every contender (Envoy, igw serve, Envoy + igw epp, sglang-router, vllm-router) over the same
+    /// simulated fleet in real time, one after the other, set beside the discrete-event model.
+    Compare(Box<super::bench_compare::CompareArgs>),
 }
 
 /// Flags of `igw bench scheduler`.
@@ -129,6 +132,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Extproc(a) => super::bench_extproc::run(*a),
         BenchCommand::Sim(a) => bench_sim(a),
         BenchCommand::Run(a) => super::bench_run::run(*a),
+        BenchCommand::Compare(a) => super::bench_compare::run(*a),
         BenchCommand::Flow(a) => {
             let r = igw_bench::flow_bench::run(a.queued, a.flows, a.pairs.max(1));
             println!(

@@ -2,6 +2,7 @@
 
 pub mod bbr;
 pub mod bench;
+pub mod bench_compare;
 pub mod bench_extproc;
 pub mod bench_run;
 pub mod crds;
