@@ -563,7 +563,7 @@ fn start(
 /// load steps.
 async fn drive(args: &CompareArgs, name: &str, url: &str, ladder: &[f64]) -> anyhow::Result<Vec<StepReport>> {
     ready(url, Duration::from_secs(60)).await.with_context(|| format!("{name} did not become ready at {url}"))?;
-    let wall_qps: Vec<String> = ladder.iter().map(|q| format!("{}", q * args.time_scale)).collect();
+    let wall_qps: Vec<String> = ladder.iter().map(|q| format!("{}", q / args.time_scale)).collect();
     #[derive(Parser)]
     struct Wrap {
         #[command(flatten)]

@@ -1,0 +1,77 @@
+//! `igw bench compare` end to end: real child processes (igw serve, igw epp behind real Envoy, Envoy
+//! round robin) in front of a fresh simulated fleet each, every request accounted for, the DES beside.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn envoy() -> Option<PathBuf> {
+    let p = std::env::var_os("IGW_ENVOY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/venv-envoy/lib/envoy"));
+    if p.exists() {
+        return Some(p);
+    }
+    assert!(std::env::var_os("IGW_REQUIRE_ENVOY").is_none(), "IGW_REQUIRE_ENVOY is set but {} is missing", p.display());
+    eprintln!("skipping the Envoy contenders: no Envoy at {} (scripts/install-envoy)", p.display());
+    None
+}
+
+#[test]
+fn runs_each_contender_over_its_own_fleet_and_sets_the_des_beside() {
+    let envoy = envoy();
+    let mut contenders = vec!["igw", "igw-random"];
+    if envoy.is_some() {
+        contenders.extend(["envoy-round-robin", "envoy+igw-epp"]);
+    }
+    let logs = tempdir();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_igw"));
+    cmd.args(["bench", "compare", "--scenario", "shared-prefix", "--replicas", "2", "--qps", "10"])
+        .args(["--duration", "1s", "--time-scale", "0.2", "--contenders", &contenders.join(",")])
+        .args(["--peers-venv", "/nonexistent"])
+        .arg("--log-dir")
+        .arg(&logs)
+        .arg("--json");
+    if let Some(e) = &envoy {
+        cmd.arg("--envoy-bin").arg(e);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), contenders.len(), "one row per contender: {v}");
+    for (row, name) in rows.iter().zip(&contenders) {
+        assert_eq!(row["contender"], *name);
+        // 10 QPS in model time at time_scale 0.2 = 50 QPS on the wall for 1 s.
+        let attempted = row["attempted"].as_u64().unwrap();
+        assert!(attempted > 20, "{row}");
+        assert_eq!(row["completed"].as_u64().unwrap(), attempted, "nothing lost or rejected at 10 QPS: {row}");
+        // Model-time latencies: 100 output tokens at ≥ 6 ms per decode step.
+        assert!(row["p90_e2e_ms"].as_f64().unwrap() > 600.0, "{row}");
+        let des = &row["des"];
+        assert!(des["p90_e2e_ms"].as_f64().unwrap() > 600.0, "the DES ran the same point: {row}");
+    }
+    assert!(v["validation"][0]["real_order"].as_array().unwrap().len() == contenders.len(), "{v}");
+    assert!(v["skipped"].as_array().unwrap().is_empty(), "{v}");
+    assert!(stdout.contains("| igw-random | 10.0 |"), "{stdout}");
+    // A peer that is not installed is skipped with the reason, not an error.
+    let out = Command::new(env!("CARGO_BIN_EXE_igw"))
+        .args(["bench", "compare", "--replicas", "1", "--qps", "1", "--duration", "100ms", "--no-des", "--json"])
+        .args(["--contenders", "sglang-router-cache-aware", "--peers-venv", "/nonexistent", "--log-dir"])
+        .arg(&logs)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert!(v["skipped"][0]["reason"].as_str().unwrap().contains("sglang_router"), "{v}");
+    let _ = std::fs::remove_dir_all(&logs);
+}
+
+fn tempdir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("igw-bench-compare-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
