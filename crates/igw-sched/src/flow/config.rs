@@ -79,6 +79,10 @@ pub struct FlowControlConfig {
     /// Name of the usage limit policy plugin; default the static policy with ceiling 1.0.
     #[serde(default)]
     pub usage_limit_policy_plugin_ref: Option<String>,
+    /// igw extension, not in upstream's schema: [`FlowConfig::batch_holdback`], in-flight requests per
+    /// endpoint at which every band below the highest stops being dispatched; omitted = no such limit.
+    #[serde(default)]
+    pub lower_band_max_concurrency: Option<f64>,
 }
 
 /// One priority band as written (`defaultPriorityBand` or an entry of `priorityBands`).
@@ -301,6 +305,13 @@ pub struct FlowConfig {
     pub head_of_line_blocking: bool,
     /// VTC cost of one output token relative to one input token (igw default 2.0, as VTC and llm-d use).
     pub output_token_weight: f64,
+    /// igw extension (`lowerBandMaxConcurrency`): every band below the highest is dispatched only while the
+    /// pool's in-flight requests per endpoint (dispatched by this gateway, not finished) are below this;
+    /// the highest band still fills up to the saturation detector's limit. Engines are FCFS and a decode
+    /// step slows with its batch, so bounding the batch the lower bands may fill keeps the highest band's
+    /// latency near its unloaded value, at the cost of the lower bands' throughput. `None` (default, as
+    /// upstream) = no such limit.
+    pub batch_holdback: Option<f64>,
     /// Forget an empty flow (and its VTC counter) after this long idle; `None` = keep forever.
     /// Upstream collects idle flows after 5 minutes.
     pub flow_idle_gc: Option<Duration>,
@@ -325,6 +336,7 @@ impl FlowConfig {
             usage_limit: UsageLimitPolicy::default(),
             head_of_line_blocking: true,
             output_token_weight: 2.0,
+            batch_holdback: None,
             flow_idle_gc: Some(Duration::from_secs(300)),
         }
     }
@@ -345,9 +357,14 @@ impl FlowConfig {
             .unwrap_or_else(|| BandConfig { priority, ..self.default_band.clone() })
     }
 
-    /// Checks the ceilings, the token weight and that no band is listed twice.
+    /// Checks the ceilings, the token weight, the batch holdback and that no band is listed twice.
     pub fn validate(&self) -> Result<(), FlowConfigError> {
         self.usage_limit.validate()?;
+        if let Some(c) = self.batch_holdback
+            && !(c.is_finite() && c > 0.0)
+        {
+            return Err(FlowConfigError::InvalidUsageLimit(format!("lowerBandMaxConcurrency {c} must be positive")));
+        }
         if !(self.output_token_weight.is_finite() && self.output_token_weight >= 0.0) {
             return Err(FlowConfigError::InvalidTokenWeight(self.output_token_weight));
         }
@@ -400,6 +417,9 @@ impl FlowControlConfig {
             let mut band = b.apply(&out.default_band)?;
             band.priority = priority;
             out.bands.push(band);
+        }
+        if let Some(c) = self.lower_band_max_concurrency {
+            out.batch_holdback = Some(c);
         }
         out.usage_limit = match (usage_limit, &self.usage_limit_policy_plugin_ref) {
             (Some(p), _) => p,

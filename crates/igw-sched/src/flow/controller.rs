@@ -60,6 +60,24 @@ impl QueuedRequest {
     }
 }
 
+/// What a dispatch cycle knows about the pool: the saturation detector's output and the requests the
+/// gateway has dispatched to the pool that have not finished. An `f64` converts to a load with that
+/// saturation and no in-flight count (the batch holdback then never gates).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PoolLoad {
+    /// Pool saturation from the saturation detector; NaN counts as saturated.
+    pub saturation: f64,
+    /// Requests in flight (dispatched, not finished) per endpoint of the pool, mean over the endpoints; the
+    /// signal of [`FlowConfig::batch_holdback`].
+    pub in_flight_per_endpoint: f64,
+}
+
+impl From<f64> for PoolLoad {
+    fn from(saturation: f64) -> Self {
+        PoolLoad { saturation, in_flight_per_endpoint: 0.0 }
+    }
+}
+
 /// Which cap a rejection hit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LimitKind {
@@ -472,11 +490,28 @@ impl FlowController {
             .collect()
     }
 
-    /// One dispatch cycle at pool saturation `saturation` (NaN counts as saturated): walks the bands from the
-    /// highest priority; a band is gated while `saturation >= ceiling`. A gated non-empty band ends the cycle
-    /// when [`FlowConfig::head_of_line_blocking`] is set, otherwise the walk goes on. The first open non-empty
-    /// band releases the head of the flow its fairness policy picks. Returns `None` when nothing may go.
-    pub fn dispatch(&mut self, now: Instant, saturation: f64) -> Option<Dispatched> {
+    /// Whether the band ranked `rank` (0 = highest) of `n` with `priority` is gated at `load`: the pool
+    /// saturation reached the band's ceiling, or (below the highest band) the pool's in-flight requests per
+    /// endpoint reached [`FlowConfig::batch_holdback`].
+    fn gated(&self, priority: Priority, rank: usize, n: usize, load: PoolLoad) -> bool {
+        let ceiling = self.cfg.usage_limit.ceiling(priority, rank, n);
+        let saturated = load.saturation.is_nan() || load.saturation >= ceiling;
+        let batch_full = rank > 0
+            && self
+                .cfg
+                .batch_holdback
+                .is_some_and(|limit| load.in_flight_per_endpoint.is_nan() || load.in_flight_per_endpoint >= limit);
+        saturated || batch_full
+    }
+
+    /// One dispatch cycle at `load` (a bare `f64` is the pool saturation): walks the bands from the highest
+    /// priority; a band is gated while `saturation >= ceiling` or, for every band but the highest, while the
+    /// in-flight requests per endpoint are at [`FlowConfig::batch_holdback`]. A gated non-empty band ends the
+    /// cycle when [`FlowConfig::head_of_line_blocking`] is set, otherwise the walk goes on. The first open
+    /// non-empty band releases the head of the flow its fairness policy picks. Returns `None` when nothing
+    /// may go.
+    pub fn dispatch(&mut self, now: Instant, load: impl Into<PoolLoad>) -> Option<Dispatched> {
+        let load = load.into();
         self.observe(now);
         let n = self.order.len();
         for rank in 0..n {
@@ -485,8 +520,7 @@ impl FlowController {
             if band.requests == 0 {
                 continue;
             }
-            let ceiling = self.cfg.usage_limit.ceiling(band.cfg.priority, rank, n);
-            if saturation.is_nan() || saturation >= ceiling {
+            if self.gated(band.cfg.priority, rank, n, load) {
                 if self.cfg.head_of_line_blocking {
                     return None;
                 }
@@ -519,13 +553,13 @@ impl FlowController {
         })
     }
 
-    /// Runs dispatch cycles until one releases nothing. `saturation` is asked before each cycle and is given
-    /// the request released by the previous cycle (`None` before the first), so a driver can account for the
-    /// load it just added.
-    pub fn dispatch_while(
+    /// Runs dispatch cycles until one releases nothing. `saturation` (the pool load, or just its saturation)
+    /// is asked before each cycle and is given the request released by the previous cycle (`None` before the
+    /// first), so a driver can account for the load it just added.
+    pub fn dispatch_while<L: Into<PoolLoad>>(
         &mut self,
         now: Instant,
-        mut saturation: impl FnMut(Option<&Dispatched>) -> f64,
+        mut saturation: impl FnMut(Option<&Dispatched>) -> L,
     ) -> Vec<Dispatched> {
         let mut out: Vec<Dispatched> = Vec::new();
         loop {

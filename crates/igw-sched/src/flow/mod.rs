@@ -14,6 +14,7 @@
 //! | ordering | `fcfs-ordering-policy` | same |
 //! | usage limit | static, ceiling 1.0 | same (holdback and per-band ceilings optional) |
 //! | head-of-line stop | always | on, can be turned off ([`FlowConfig::head_of_line_blocking`]) |
+//! | batch holdback | none | none; `lowerBandMaxConcurrency` ([`FlowConfig::batch_holdback`]) |
 //! | band caps | 1 GB, unlimited requests | same |
 //!
 //! Nothing here reads a clock or spawns a task: time and saturation are arguments, so the discrete-event
@@ -34,7 +35,7 @@ pub use config::{
     ROUND_ROBIN_FAIRNESS, SLO_DEADLINE_ORDERING, STATIC_USAGE_LIMIT, UsageLimitParams, UsageLimitPolicy, VTC_FAIRNESS,
 };
 pub use controller::{
-    BandStats, Dispatched, FlowController, FlowQueueStats, FlowStats, LimitKind, QueuedRequest, Rejected,
+    BandStats, Dispatched, FlowController, FlowQueueStats, FlowStats, LimitKind, PoolLoad, QueuedRequest, Rejected,
     SLO_TTFT_HEADER,
 };
 pub use ordering::slo_deadline_from_header;

@@ -80,6 +80,47 @@ fn saturation_gate_blocks_at_ceiling() {
 }
 
 #[test]
+fn batch_holdback_bounds_the_in_flight_requests_lower_bands_may_fill() {
+    let mut cfg = FlowConfig::igw();
+    cfg.batch_holdback = Some(8.0);
+    let mut c = ctl(cfg);
+    for (id, p) in [(1, 10), (2, 10), (3, 0), (4, -1), (5, 0)] {
+        c.enqueue(req(id, p, "a", 1, 0)).unwrap();
+    }
+    let load = |s: f64, f: f64| PoolLoad { saturation: s, in_flight_per_endpoint: f };
+    // At 8 in flight per endpoint only the highest band goes, up to the saturation detector's limit.
+    assert_eq!(c.dispatch(ms(1), load(0.5, 8.0)).unwrap().id, 1);
+    assert!(c.dispatch(ms(1), load(1.0, 0.0)).is_none(), "the highest band is still gated by saturation");
+    assert_eq!(c.dispatch(ms(1), load(0.9, 50.0)).unwrap().id, 2, "in flight does not gate the highest band");
+    assert!(c.dispatch(ms(1), load(0.5, 8.0)).is_none(), "band 0 waits for the batch to shrink");
+    assert!(c.dispatch(ms(1), load(0.5, f64::NAN)).is_none(), "an unknown in-flight count gates");
+    // A bare saturation carries no in-flight count: the batch holdback then never gates.
+    assert_eq!(c.dispatch(ms(1), 0.5).unwrap().id, 3);
+    // Below the limit, strict priority again: band 0 before band -1; and the saturation ceiling still holds.
+    assert!(c.dispatch(ms(1), load(1.0, 7.9)).is_none());
+    let mut in_flight = 6.0;
+    let got = c.dispatch_while(ms(2), |prev| {
+        if prev.is_some() {
+            in_flight += 1.0;
+        }
+        load(0.5, in_flight)
+    });
+    assert_eq!(got.iter().map(|d| d.id).collect::<Vec<_>>(), vec![5, 4], "stops once 8 are in flight");
+    assert!(c.is_empty());
+}
+
+#[test]
+fn batch_holdback_comes_from_the_flow_control_section() {
+    let section: FlowControlConfig = serde_json::from_str(r#"{"lowerBandMaxConcurrency":48}"#).unwrap();
+    let cfg = section.resolve(&FlowConfig::igw(), None).unwrap();
+    assert_eq!(cfg.batch_holdback, Some(48.0));
+    assert_eq!(FlowConfig::igw().batch_holdback, None, "off by default, as upstream");
+    assert_eq!(FlowConfig::upstream().batch_holdback, None);
+    let zero: FlowControlConfig = serde_json::from_str(r#"{"lowerBandMaxConcurrency":0}"#).unwrap();
+    assert!(matches!(zero.resolve(&FlowConfig::igw(), None), Err(FlowConfigError::InvalidUsageLimit(_))));
+}
+
+#[test]
 fn priority_holdback_gates_lower_bands_first() {
     let mut cfg = FlowConfig::igw();
     cfg.usage_limit = UsageLimitPolicy::PriorityHoldback { max_ceiling: 1.0, min_ceiling: 0.4 };
