@@ -10,7 +10,9 @@
 //! pool saturation that gates the bands is the utilization detector's over the datastore's
 //! endpoints, where igw counts its own in-flight requests that the last scrape has not yet seen
 //! (as the scheduler does) and the requests released earlier in the same cycle: a stale scrape
-//! cannot release a whole burst at once.
+//! cannot release a whole burst at once. With `lowerBandMaxConcurrency` set, every band below the
+//! highest also waits while the pool's in-flight requests per endpoint (igw's own counters plus the
+//! requests released earlier in the cycle) are at that limit.
 //!
 //! Time comes from the [`Clock`] passed in, so tests drive cycles by hand with a manual clock.
 
@@ -22,7 +24,7 @@ use igw_core::time::Clock;
 use igw_core::{Datastore, Priority};
 use igw_sched::detector::UtilizationDetector;
 use igw_sched::flow::{
-    self, Dispatched, FlowConfig, FlowConfigError, FlowController, Outcome, QueuedRequest, Rejected,
+    self, Dispatched, FlowConfig, FlowConfigError, FlowController, Outcome, PoolLoad, QueuedRequest, Rejected,
 };
 use igw_sched::scoring::unseen_in_flight;
 use parking_lot::Mutex;
@@ -302,6 +304,7 @@ impl FlowGate {
         let t0 = std::time::Instant::now();
         let now = self.clock.now();
         let snapshot = self.datastore.snapshot();
+        let in_flight: u64 = snapshot.endpoints.iter().map(|e| e.in_flight().requests()).sum();
         // Per endpoint: (waiting incl. unseen in-flight, kv, stale).
         let loads: Vec<(f64, f64, bool)> = snapshot
             .endpoints
@@ -333,9 +336,13 @@ impl FlowGate {
             }
         }
         let mut released = 0usize;
+        let endpoints = loads.len().max(1) as f64;
         let dispatched = st.fc.dispatch_while(now, |last| {
             released += usize::from(last.is_some());
-            saturation(released)
+            PoolLoad {
+                saturation: saturation(released),
+                in_flight_per_endpoint: (in_flight + released as u64) as f64 / endpoints,
+            }
         });
         for d in dispatched {
             if let Some(w) = st.waiters.remove(&d.id) {
@@ -599,6 +606,34 @@ mod tests {
         }
         f.gate.cycle();
         assert!((&mut fut).now_or_never().unwrap().is_ok());
+    }
+
+    #[test]
+    fn lower_bands_wait_while_the_pool_runs_the_batch_holdback() {
+        let mut cfg = FlowConfig::igw();
+        cfg.batch_holdback = Some(2.0);
+        let f = fixture(cfg);
+        f.set_waiting(10);
+        let (low, high) = (f.request(Some("batch"), "a"), f.request(Some("critical"), "b"));
+        let mut fl = Box::pin(f.gate.admit(&low));
+        let mut fh = Box::pin(f.gate.admit(&high));
+        assert!((&mut fl).now_or_never().is_none() && (&mut fh).now_or_never().is_none());
+        // Two requests in flight on each endpoint, seen by the scrape: far from saturated, but at the limit
+        // once the critical request is counted.
+        let now = f.clock.now();
+        for e in &f.ds.snapshot().endpoints {
+            e.set_metrics(EndpointMetrics { running: 2, update_time: Some(now), ..Default::default() });
+            e.in_flight().add(1);
+            e.in_flight().add(1);
+        }
+        assert_eq!(f.gate.cycle(), 1);
+        assert_eq!((&mut fh).now_or_never().unwrap().unwrap().priority, 10);
+        assert!((&mut fl).now_or_never().is_none(), "2.5 in flight per endpoint: the lower band waits");
+        for e in &f.ds.snapshot().endpoints {
+            e.in_flight().release(1);
+        }
+        assert_eq!(f.gate.cycle(), 1);
+        assert_eq!((&mut fl).now_or_never().unwrap().unwrap().priority, -1);
     }
 
     #[tokio::test]
