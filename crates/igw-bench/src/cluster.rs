@@ -630,19 +630,20 @@ pub fn capacity_qps(sc: &Scenario, generator: &Generator) -> Result<f64, BenchEr
 }
 
 /// The workload generator of a scenario, loading ShareGPT when the scenario asks for it and the
-/// data is present (otherwise the generator falls back to the LPG-fit lengths and says so).
+/// data is present (otherwise the generator falls back to the LPG-fit lengths and says so). Its
+/// description names the token counter used (`sharegpt::load_default`, cached).
 pub fn generator(sc: &Scenario) -> Result<Generator, BenchError> {
-    let pairs = match &sc.workload {
+    let lengths = match &sc.workload {
         crate::workload::WorkloadSpec::Sharegpt { path, .. } => {
-            let p = path.as_ref().map(std::path::PathBuf::from).or_else(crate::sharegpt::locate);
-            match p {
-                Some(p) => Some(Arc::new(crate::sharegpt::load(&p)?.pairs)),
-                None => None,
-            }
+            crate::sharegpt::load_default(path.as_deref().map(std::path::Path::new))?
         }
         _ => None,
     };
-    Generator::new(&sc.workload, pairs)
+    let Some(l) = lengths else { return Generator::new(&sc.workload, None) };
+    let n = l.pairs.len();
+    let mut g = Generator::new(&sc.workload, Some(Arc::new(l.pairs)))?;
+    g.description = format!("sharegpt ({n} conversations, {} tokens)", l.counter);
+    Ok(g)
 }
 
 /// Runs every (policy, QPS) point of a scenario; `policies` and `qps` override the scenario's.

@@ -20,4 +20,7 @@ pub enum BenchError {
     /// The ShareGPT file could not be read.
     #[error("sharegpt: {0}")]
     ShareGpt(String),
+    /// The tokenizer file could not be read or used.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
 }

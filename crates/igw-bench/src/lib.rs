@@ -1,8 +1,8 @@
 //! igw-bench: the discrete-event cluster benchmark behind `igw bench sim`.
 //!
 //! * [`workload`]: request generators (the LPG-fit ShareGPT distribution, the real ShareGPT
-//!   lengths via [`sharegpt`], shared-prefix groups, multi-LoRA with Zipf popularity) and arrival
-//!   processes (Poisson, constant).
+//!   lengths via [`sharegpt`] with token counts from [`tokenizer`], shared-prefix groups,
+//!   multi-LoRA with Zipf popularity) and arrival processes (Poisson, constant).
 //! * [`scenario`]: scenarios as data (strict YAML) and the built-in ones.
 //! * [`policy`]: routing policies by name: igw's real schedulers (optionally behind the real flow
 //!   controller) and models of peer routers.
@@ -18,6 +18,7 @@ pub mod report;
 pub mod scenario;
 pub mod sharegpt;
 pub mod stats;
+pub mod tokenizer;
 pub mod workload;
 
 pub use error::BenchError;

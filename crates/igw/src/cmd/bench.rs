@@ -20,6 +20,9 @@ pub enum BenchCommand {
     /// Every contender (Envoy, igw serve, Envoy + igw epp, sglang-router, vllm-router) over the same
     /// simulated fleet in real time, one after the other, set beside the discrete-event model.
     Compare(Box<super::bench_compare::CompareArgs>),
+    /// A scenario's workload: prompt and output length statistics, and for ShareGPT the
+    /// conversations parsed and kept and which token counter was used.
+    Workload(super::bench_workload::WorkloadArgs),
 }
 
 /// Flags of `igw bench scheduler`.
@@ -133,6 +136,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Sim(a) => bench_sim(a),
         BenchCommand::Run(a) => super::bench_run::run(*a),
         BenchCommand::Compare(a) => super::bench_compare::run(*a),
+        BenchCommand::Workload(a) => super::bench_workload::run(a),
         BenchCommand::Flow(a) => {
             let r = igw_bench::flow_bench::run(a.queued, a.flows, a.pairs.max(1));
             println!(

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bench_compare;
 pub mod bench_extproc;
 pub mod bench_run;
+pub mod bench_workload;
 pub mod crds;
 pub mod epp;
 pub mod gateway_config;
