@@ -20,6 +20,9 @@ pub enum BenchError {
     /// The ShareGPT file could not be read.
     #[error("sharegpt: {0}")]
     ShareGpt(String),
+    /// A chart could not be encoded.
+    #[error("chart: {0}")]
+    Chart(String),
     /// The tokenizer file could not be read or used.
     #[error("tokenizer: {0}")]
     Tokenizer(String),

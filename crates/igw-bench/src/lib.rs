@@ -10,6 +10,7 @@
 //! * [`report`]: per (policy, QPS) rows, the table and the JSON line.
 //! * [`flow_bench`]: flow-controller enqueue+dispatch throughput with a deep queue.
 
+pub mod chart;
 pub mod cluster;
 pub mod error;
 pub mod flow_bench;
