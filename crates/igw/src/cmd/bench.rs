@@ -90,6 +90,24 @@ pub struct SimBenchArgs {
     /// Print one JSON object as the last stdout line.
     #[arg(long)]
     pub json: bool,
+    /// Write the blog's three-panel chart of the report to PREFIX.svg and PREFIX.png.
+    #[arg(long, value_name = "PREFIX")]
+    pub chart: Option<std::path::PathBuf>,
+}
+
+/// Writes `chart` to PREFIX.svg and PREFIX.png and names both files on stderr.
+pub(crate) fn write_chart(chart: &igw_bench::chart::Chart, prefix: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let with_ext = |ext: &str| {
+        let mut p = prefix.as_os_str().to_owned();
+        p.push(ext);
+        std::path::PathBuf::from(p)
+    };
+    let (svg, png) = (with_ext(".svg"), with_ext(".png"));
+    std::fs::write(&svg, chart.svg()).with_context(|| format!("writing {}", svg.display()))?;
+    std::fs::write(&png, chart.png()?).with_context(|| format!("writing {}", png.display()))?;
+    eprintln!("chart: {}\nchart: {}", svg.display(), png.display());
+    Ok(())
 }
 
 fn bench_sim(a: SimBenchArgs) -> anyhow::Result<()> {
@@ -123,6 +141,9 @@ fn bench_sim(a: SimBenchArgs) -> anyhow::Result<()> {
         );
     })?;
     print!("{}", igw_bench::report::table(&report));
+    if let Some(prefix) = &a.chart {
+        write_chart(&igw_bench::chart::Chart::from_report(&report), prefix)?;
+    }
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     }

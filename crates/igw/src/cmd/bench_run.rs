@@ -55,6 +55,12 @@ pub struct RunArgs {
     /// Print one JSON object as the last stdout line.
     #[arg(long)]
     pub json: bool,
+    /// Write the blog's three-panel chart of the steps to PREFIX.svg and PREFIX.png.
+    #[arg(long, value_name = "PREFIX")]
+    pub chart: Option<std::path::PathBuf>,
+    /// This run's series name in the chart (the policy or gateway measured).
+    #[arg(long, default_value = "run")]
+    pub label: String,
 }
 
 /// One QPS step's results.
@@ -113,10 +119,27 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     let report = rt.block_on(bench(&args))?;
     print!("{}", markdown(&report));
+    if let Some(prefix) = &args.chart {
+        super::bench::write_chart(&chart(&report, &args.label), prefix)?;
+    }
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     }
     Ok(())
+}
+
+/// The steps as the blog's three-panel chart, one series named `label`; latencies of a step
+/// where nothing completed are left out.
+pub fn chart(r: &RunReport, label: &str) -> igw_bench::chart::Chart {
+    let rows: Vec<igw_bench::chart::ThreePanelRow<'_>> = r
+        .steps
+        .iter()
+        .map(|t| {
+            let lat = |v: f64| if t.completed == 0 { f64::NAN } else { v };
+            (label, t.qps, t.output_tokens_per_min, lat(t.p90_tpot_ms), lat(t.p90_e2e_ms))
+        })
+        .collect();
+    igw_bench::chart::Chart::three_panel(&format!("igw bench run · {}", r.url), &rows)
 }
 
 /// The report as a Markdown table.
@@ -364,6 +387,8 @@ mod tests {
             max_tokens_cap: 8,
             seed: 3,
             json: false,
+            chart: None,
+            label: "run".into(),
         };
         let r = bench(&args).await.unwrap();
         let s = &r.steps[0];
