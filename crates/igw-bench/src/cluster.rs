@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use igw_core::{Datastore, Endpoint, EndpointMeta, EndpointMetrics, InferenceRequest, Instant};
 use igw_sched::detector::UtilizationDetector;
-use igw_sched::flow::{FlowController, Outcome as FlowOutcome, QueuedRequest};
+use igw_sched::flow::{FlowController, Outcome as FlowOutcome, PoolLoad, QueuedRequest};
 use igw_sched::scoring::unseen_in_flight;
 use igw_sim::{Engine, EngineConfig, RequestId, SimRequest};
 use rand::rngs::SmallRng;
@@ -57,6 +57,8 @@ struct Req {
     done: f64,
     tokens: u32,
     cached: u32,
+    /// Output tokens generated while every class was backlogged at the gate.
+    backlogged_tokens: u32,
     routed: Option<Routed>,
     flow: Option<(Arc<str>, i32, u64)>,
 }
@@ -99,6 +101,12 @@ struct Sim<'a> {
     model: String,
     block_size: u32,
     prefix_hashes: bool,
+    /// Requests queued at the gate, per class.
+    queued_by_class: Vec<u32>,
+    /// Whether every class has requests queued at the gate, since when, and the time so far.
+    all_backlogged: bool,
+    backlog_since: f64,
+    backlogged_s: f64,
 }
 
 fn ns(t: f64) -> u64 {
@@ -129,20 +137,22 @@ impl Sim<'_> {
         self.endpoints[i].set_metrics(m);
     }
 
-    fn saturation(&self, now: f64) -> f64 {
+    /// What the gate sees: the detector's saturation over the scraped metrics (with igw's in-flight
+    /// blend) and the router-local in-flight requests per endpoint.
+    fn load(&self, now: f64) -> PoolLoad {
         let now = Instant::from_secs_f64(now);
         let n = self.endpoints.len().max(1) as f64;
-        self.endpoints
-            .iter()
-            .map(|e| {
-                let mut m = (*e.metrics()).clone();
-                if self.policy.blend_in_flight {
-                    m.waiting += unseen_in_flight(e.in_flight().requests(), &m);
-                }
-                self.detector.endpoint_score(&m, now)
-            })
-            .sum::<f64>()
-            / n
+        let (mut sat, mut in_flight) = (0.0, 0u64);
+        for e in &self.endpoints {
+            let mut m = (*e.metrics()).clone();
+            let f = e.in_flight().requests();
+            in_flight += f;
+            if self.policy.blend_in_flight {
+                m.waiting += unseen_in_flight(f, &m);
+            }
+            sat += self.detector.endpoint_score(&m, now);
+        }
+        PoolLoad { saturation: sat / n, in_flight_per_endpoint: in_flight as f64 / n }
     }
 
     fn request(&self, id: u32) -> InferenceRequest {
@@ -160,10 +170,35 @@ impl Sim<'_> {
         req
     }
 
-    fn reject(&mut self, id: u32, now: f64) {
+    /// Moves request `id` to `state`, keeping the per-class gate queue counts.
+    fn set_state(&mut self, id: u32, state: State) {
         let r = &mut self.reqs[id as usize];
-        if matches!(r.state, State::Pending | State::Queued) {
-            r.state = State::Rejected;
+        if r.state == State::Queued {
+            self.queued_by_class[r.class] -= 1;
+        }
+        if state == State::Queued {
+            self.queued_by_class[r.class] += 1;
+        }
+        r.state = state;
+    }
+
+    /// Updates the every-class-backlogged window after an event at `now`.
+    fn track_backlog(&mut self, now: f64) {
+        let all = self.fc.is_some() && self.queued_by_class.iter().all(|&q| q > 0);
+        if all != self.all_backlogged {
+            if self.all_backlogged {
+                self.backlogged_s += now - self.backlog_since;
+            } else {
+                self.backlog_since = now;
+            }
+            self.all_backlogged = all;
+        }
+    }
+
+    fn reject(&mut self, id: u32, now: f64) {
+        if matches!(self.reqs[id as usize].state, State::Pending | State::Queued) {
+            self.set_state(id, State::Rejected);
+            let r = &mut self.reqs[id as usize];
             r.done = now;
             self.unresolved -= 1;
         }
@@ -181,7 +216,7 @@ impl Sim<'_> {
             );
             match fc.enqueue(q) {
                 Ok(()) => {
-                    self.reqs[id as usize].state = State::Queued;
+                    self.set_state(id, State::Queued);
                     self.queued.insert(id, req);
                     self.dispatch(now);
                     self.arm_expiry();
@@ -205,13 +240,13 @@ impl Sim<'_> {
 
     fn dispatch(&mut self, now: f64) {
         loop {
-            let sat = self.saturation(now);
+            let load = self.load(now);
             let Some(fc) = &mut self.fc else { return };
-            let Some(d) = fc.dispatch(Instant::from_secs_f64(now), sat) else { return };
+            let Some(d) = fc.dispatch(Instant::from_secs_f64(now), load) else { return };
             let id = d.id as u32;
             self.reqs[id as usize].flow = Some((d.fairness_id.clone(), d.priority, d.charged));
             if let Some(req) = self.queued.remove(&id) {
-                self.reqs[id as usize].state = State::Pending;
+                self.set_state(id, State::Pending);
                 self.route(id, &req, now, false);
             }
         }
@@ -315,6 +350,7 @@ impl Sim<'_> {
             }
             r.last = now;
             r.tokens += 1;
+            r.backlogged_tokens += u32::from(self.all_backlogged);
             if let Some(f) = ev.finished {
                 r.cached = f.cached_tokens;
                 r.state = State::Completed;
@@ -345,8 +381,8 @@ impl Sim<'_> {
             }
             _ => return,
         }
+        self.set_state(id, State::TimedOut);
         let r = &mut self.reqs[id as usize];
-        r.state = State::TimedOut;
         r.done = now;
         self.unresolved -= 1;
     }
@@ -431,6 +467,7 @@ pub fn run_point_with(
                 done: 0.0,
                 tokens: 0,
                 cached: 0,
+                backlogged_tokens: 0,
                 routed: None,
                 flow: None,
             }
@@ -464,6 +501,10 @@ pub fn run_point_with(
         model: profile.model.clone(),
         block_size: profile.block_size,
         prefix_hashes: matches!(sc.workload, crate::workload::WorkloadSpec::SharedPrefix { .. }),
+        queued_by_class: vec![0; classes.len()],
+        all_backlogged: false,
+        backlog_since: 0.0,
+        backlogged_s: 0.0,
     };
     for (i, t) in times.iter().enumerate() {
         sim.push(*t, Ev::Arrival(i as u32));
@@ -491,9 +532,13 @@ pub fn run_point_with(
                 }
             }
         }
+        sim.track_backlog(now);
         if sim.unresolved == 0 && !sim.busy.iter().any(|b| *b) {
             break;
         }
+    }
+    if sim.all_backlogged {
+        sim.backlogged_s += now - sim.backlog_since;
     }
     let row = summarize(&sim, policy_name, qps, capacity_qps, now);
     Ok(PointResult { row, virtual_s: now, steps: sim.steps })
@@ -504,7 +549,9 @@ fn summarize(sim: &Sim<'_>, policy: &str, qps: f64, capacity: f64, end: f64) -> 
     let (mut tpot, mut ttft, mut e2e) = (Vec::new(), Vec::new(), Vec::new());
     // Per class: the row, e2e latencies, completed output tokens, and those completed while
     // arrivals were still coming (the window in which backlogged classes compete).
-    let mut by_class: BTreeMap<String, (ClassRow, Vec<f64>, u64, u64)> = BTreeMap::new();
+    // The last field: output tokens generated while every class was backlogged at the gate.
+    let mut by_class: BTreeMap<String, (ClassRow, Vec<f64>, u64, u64, u64)> = BTreeMap::new();
+    let mut backlogged_tokens = 0u64;
     let (mut completed, mut rejected, mut timeouts, mut out_tokens, mut window_tokens) = (0, 0, 0, 0u64, 0u64);
     let (mut prompt_tokens, mut cached_tokens) = (0u64, 0u64);
     for r in &sim.reqs {
@@ -520,6 +567,8 @@ fn summarize(sim: &Sim<'_>, policy: &str, qps: f64, capacity: f64, end: f64) -> 
                 e2e.push(lat);
                 c.1.push(lat);
                 c.2 += u64::from(r.tokens);
+                c.4 += u64::from(r.backlogged_tokens);
+                backlogged_tokens += u64::from(r.backlogged_tokens);
                 out_tokens += u64::from(r.tokens);
                 if r.done <= sc.arrivals.duration_s {
                     window_tokens += u64::from(r.tokens);
@@ -546,7 +595,8 @@ fn summarize(sim: &Sim<'_>, policy: &str, qps: f64, capacity: f64, end: f64) -> 
     };
     let by_class = by_class
         .into_iter()
-        .map(|(k, (mut row, mut lat, toks, window))| {
+        .map(|(k, (mut row, mut lat, toks, window, backlogged))| {
+            row.backlogged_share = (backlogged_tokens > 0).then(|| backlogged as f64 / backlogged_tokens as f64);
             row.p90_e2e_ms = ms(&mut lat);
             // Open loop: shares of what completed while the load was on (after it stops, the
             // classes still queued drain alone and would inflate their share); the blog's client
@@ -575,21 +625,23 @@ fn summarize(sim: &Sim<'_>, policy: &str, qps: f64, capacity: f64, end: f64) -> 
         output_tokens_per_min: tokens_per_min,
         cache_hit_rate: if prompt_tokens > 0 { cached_tokens as f64 / prompt_tokens as f64 } else { 0.0 },
         by_class,
+        backlogged_s: sim.backlogged_s,
     }
 }
 
-/// Waiting requests kept in front of the replica while its capacity is measured.
-pub const CAPACITY_QUEUE_DEPTH: usize = 4;
-
-/// The fleet's capacity for the scenario's workload, requests/s: one replica of the profile kept
-/// busy with a short queue (`CAPACITY_QUEUE_DEPTH` waiting, about where the saturation detector
-/// stops sending more) for 150 virtual seconds, its completion rate over the last 120 s, times
-/// the sum of the replicas' speed factors. A deep queue would measure less: vLLM admits up to
-/// `max_num_seqs` and then preempts by recompute when KV blocks run out, wasting prefill work.
+/// The fleet's capacity for the scenario's workload, requests/s, measured the way the gateway runs
+/// the fleet: one replica of the profile is sent a new request whenever the saturation detector
+/// (default thresholds) would let one through — fewer than `queueDepthThreshold` (5) waiting and
+/// KV-cache usage below `kvCacheUtilThreshold` (0.8) — for 150 virtual seconds; its completion rate
+/// over the last 120 s, times the sum of the replicas' speed factors. So a load factor is a
+/// multiple of what the gated fleet serves. Keeping the engine fuller (a deeper queue, or ignoring
+/// KV) would measure less: vLLM admits up to `max_num_seqs` and then preempts by recompute when KV
+/// blocks run out, wasting prefill work.
 pub fn capacity_qps(sc: &Scenario, generator: &Generator) -> Result<f64, BenchError> {
     if let Some(c) = sc.capacity_qps {
         return Ok(c);
     }
+    let detector = UtilizationDetector::default();
     let profile = sc.profile()?;
     let mut cfg = EngineConfig::new(profile.clone());
     cfg.max_loras = sc.fleet.max_loras;
@@ -599,7 +651,9 @@ pub fn capacity_qps(sc: &Scenario, generator: &Generator) -> Result<f64, BenchEr
     let (mut t, mut id, mut done) = (0.0f64, 0u64, 0u64);
     let (warm, end) = (30.0, 150.0);
     while t < end {
-        while engine.waiting_len() < CAPACITY_QUEUE_DEPTH {
+        while (engine.waiting_len() as f64) < detector.queue_depth_threshold
+            && engine.kv_usage() < detector.kv_cache_util_threshold
+        {
             id += 1;
             let spec = generator.next(&mut rng);
             let hashes = if prefix {

@@ -81,6 +81,10 @@ impl Policy {
                     igw_sched::flow::UsageLimitPolicy::PriorityHoldback { max_ceiling: max, min_ceiling: min };
                 cfg.validate().map_err(|e| err(format!("flow.holdback: {e}")))?;
             }
+            if let Some(c) = flow.lower_band_max_concurrency {
+                cfg.batch_holdback = Some(c);
+                cfg.validate().map_err(|e| err(format!("flow.lower_band_max_concurrency: {e}")))?;
+            }
             if let Some(f) = &flow.fairness {
                 cfg.default_band.fairness =
                     FairnessPolicy::from_type(f).ok_or_else(|| err(format!("unknown fairness policy {f:?}")))?;

@@ -21,6 +21,10 @@ pub struct ClassRow {
     /// Fraction of the completed output tokens (shares sum to 1); with the open-loop client, of
     /// those completed while arrivals were still coming.
     pub share: f64,
+    /// Fraction of the output tokens generated while every class had requests queued at the
+    /// gateway (flow control holding them), counted for the requests that completed; `None` when
+    /// that never happened (no flow control, or some class never backlogged).
+    pub backlogged_share: Option<f64>,
 }
 
 /// One (policy, offered QPS) result.
@@ -56,6 +60,9 @@ pub struct Row {
     pub cache_hit_rate: f64,
     /// Per class.
     pub by_class: BTreeMap<String, ClassRow>,
+    /// Virtual seconds during which every class had requests queued at the gateway (the window of
+    /// [`ClassRow::backlogged_share`]).
+    pub backlogged_s: f64,
 }
 
 /// A whole run: the JSON object printed last with `--json`.
@@ -116,14 +123,19 @@ pub fn table(r: &Report) -> String {
             for (name, c) in &row.by_class {
                 let _ = writeln!(
                     s,
-                    "    {:<18} attempted {:>7} completed {:>7} rejected {:>7} timeouts {:>6} p90 e2e {:>8.0} ms share {:>5.1}%",
+                    "    {:<18} attempted {:>7} completed {:>7} rejected {:>7} timeouts {:>6} p90 e2e {:>8.0} ms share {:>5.1}%{}",
                     name,
                     c.attempted,
                     c.completed,
                     c.rejected,
                     c.timeouts,
                     c.p90_e2e_ms,
-                    c.share * 100.0
+                    c.share * 100.0,
+                    c.backlogged_share.map_or(String::new(), |b| format!(
+                        " · {:.1}% while all backlogged ({:.0} s)",
+                        b * 100.0,
+                        row.backlogged_s
+                    ))
                 );
             }
         }

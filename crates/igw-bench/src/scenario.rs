@@ -214,6 +214,11 @@ pub struct FlowSpec {
     /// between, keeping headroom for higher priorities at the cost of throughput.
     #[serde(default)]
     pub holdback: Option<[f64; 2]>,
+    /// In-flight requests per replica at which every band below the highest stops being dispatched
+    /// (the flow controller's `lowerBandMaxConcurrency`); the highest band still fills up to the
+    /// saturation detector's limit. Default: none.
+    #[serde(default)]
+    pub lower_band_max_concurrency: Option<f64>,
 }
 
 impl Scenario {

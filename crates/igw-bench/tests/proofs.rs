@@ -42,10 +42,9 @@ fn priority_overload_sheds_sheddable_first_and_never_critical() {
     assert_eq!(high.attempted, high.completed + high.rejected + high.timeouts, "every request is accounted for");
 }
 
-/// Issue 8's latency target needs headroom: with the priority-holdback ceilings [0.5, 0.1] the
-/// critical class's p90 e2e at 2× stays within 1.6× of its value at 0.5× (with the static ceiling
-/// it is ~3.3×: the engines' batches fill with lower-priority work and every decode step slows).
-/// The price is throughput; BENCHMARKS.md has the curve.
+/// Upstream's priority-holdback ceilings [0.5, 0.1] bring the critical class's p90 e2e at 2× to
+/// within 1.6× of its value at 0.5× (with the static ceiling it is ~3.3×: the engines' batches
+/// fill with lower-priority work and every decode step slows), at a large cost in throughput.
 #[test]
 fn priority_holdback_keeps_critical_latency_near_its_unloaded_value() {
     let mut sc = shrink("priority-overload", 2, 60.0);
@@ -57,6 +56,29 @@ fn priority_holdback_keeps_critical_latency_near_its_unloaded_value() {
     eprintln!("critical p90 e2e {:.0} ms at 0.5×, {:.0} ms at 2×", cl.p90_e2e_ms, ch.p90_e2e_ms);
     assert_eq!(ch.rejected + ch.timeouts, 0);
     assert!(ch.p90_e2e_ms <= 1.6 * cl.p90_e2e_ms, "critical p90 e2e {} vs {} at 0.5×", ch.p90_e2e_ms, cl.p90_e2e_ms);
+}
+
+/// Issue 8's latency target, met by bounding the engines' batch instead of their queues: with
+/// `lower_band_max_concurrency: 60` (bands below the highest wait while the pool has 60 requests in
+/// flight per replica; critical still fills up to the saturation detector) the critical class's
+/// p90 e2e at 2× is within 1.5× of its value at 0.5×, none of it is rejected, and the sheddable
+/// class takes more rejections than the standard one. At 0.5× the limit costs nothing.
+#[test]
+fn batch_holdback_keeps_critical_latency_within_one_and_a_half_times() {
+    let mut sc = shrink("priority-overload", 2, 60.0);
+    let plain = point(&sc, "igw+flow", 0.5);
+    sc.flow.lower_band_max_concurrency = Some(60.0);
+    let build = || igw_bench::policy::Policy::build("igw+flow", &sc.flow).unwrap();
+    let low = point_with(&sc, build(), 0.5);
+    let high = point_with(&sc, build(), 2.0);
+    let (cl, ch) = (&low.by_class["critical"], &high.by_class["critical"]);
+    let (st, sh) = (&high.by_class["standard"], &high.by_class["sheddable"]);
+    eprintln!("critical p90 e2e {:.0} ms at 0.5×, {:.0} ms at 2×; {:?}", cl.p90_e2e_ms, ch.p90_e2e_ms, high.by_class);
+    assert_eq!(low.rejected + low.timeouts, 0, "nothing is lost at half load");
+    assert_eq!(low.by_class, plain.by_class, "the limit does not bind at half load");
+    assert_eq!(ch.rejected + ch.timeouts, 0, "no critical request is rejected at 2×");
+    assert!(sh.rejected > st.rejected, "sheddable {sh:?} standard {st:?}");
+    assert!(ch.p90_e2e_ms <= 1.5 * cl.p90_e2e_ms, "critical p90 e2e {} vs {} at 0.5×", ch.p90_e2e_ms, cl.p90_e2e_ms);
 }
 
 /// The in-flight blend is what makes the gate hold: with upstream-default's scheduler (gate fed
@@ -75,21 +97,35 @@ fn the_gate_needs_the_in_flight_blend() {
     assert!(upstream.by_class["critical"].rejected > 0);
 }
 
-/// Issue 8: two tenants in one band, both backlogged (both lose requests to the queue TTL), each
-/// get at least 45% of the output tokens completed while the load is on.
+/// Issue 8, the full built-in scenario (4 replicas, 120 s): two tenants in one band, heavy
+/// offering 5× and light 0.6× of capacity, each get at least 45% of the output tokens generated
+/// while both had requests queued at the gateway (light's queue grows for the whole run: 0.6× is
+/// more than half of what the gated fleet serves, but its wait stays under the 30 s TTL).
 #[test]
 fn fairness_splits_tokens_between_backlogged_tenants() {
+    let sc = Scenario::builtin("fairness").unwrap();
+    let r = point(&sc, "igw+flow", 5.6);
+    let (h, l) = (&r.by_class["heavy"], &r.by_class["light"]);
+    eprintln!("{:?} both backlogged {:.0} s", r.by_class, r.backlogged_s);
+    assert!(r.backlogged_s >= 110.0, "both backlogged for most of the 120 s run");
+    let (hs, ls) = (h.backlogged_share.unwrap(), l.backlogged_share.unwrap());
+    assert!(hs >= 0.45 && ls >= 0.45, "heavy {hs:.3} light {ls:.3}");
+}
+
+/// The same with light offering 1.2× of capacity: both tenants lose requests to the queue TTL (so
+/// both are backlogged by any definition), and the split is closer to even.
+#[test]
+fn fairness_holds_when_both_tenants_lose_requests() {
     let mut sc = shrink("fairness", 2, 60.0);
-    // heavy 5× and light 1.2× of the single-replica capacity estimate: light must offer more
-    // than half of what the gate actually lets through, which in this model is more than that
-    // estimate (see BENCHMARKS.md).
     sc.classes[0].fraction = 5.0 / 6.2;
     sc.classes[1].fraction = 1.2 / 6.2;
     let r = point(&sc, "igw+flow", 6.2);
     let (h, l) = (&r.by_class["heavy"], &r.by_class["light"]);
-    eprintln!("{:?}", r.by_class);
+    eprintln!("{:?} both backlogged {:.0} s", r.by_class, r.backlogged_s);
     assert!(h.rejected > 0 && l.rejected > 0, "both backlogged");
-    assert!(h.share >= 0.45 && l.share >= 0.45, "heavy {:.3} light {:.3}", h.share, l.share);
+    let (hs, ls) = (h.backlogged_share.unwrap(), l.backlogged_share.unwrap());
+    assert!(hs >= 0.45 && ls >= 0.45, "heavy {hs:.3} light {ls:.3}");
+    assert!(h.share >= 0.45 && l.share >= 0.45, "over the whole load window too");
 }
 
 /// Issue 7: with 2 of 10 replicas 30% slower, igw's p90 per-output-token latency beats random's
@@ -113,6 +149,8 @@ fn runs_are_deterministic() {
     let b = run_point(&sc, &g, "igw", 20.0, 50.0).unwrap().row;
     assert_eq!(a, b);
     assert_eq!(a.attempted, 100);
+    assert_eq!(a.backlogged_s, 0.0, "no gate, no backlog at the gate");
+    assert!(a.by_class.values().all(|c| c.backlogged_share.is_none()));
 }
 
 /// The annotated example in docs/bench-scenarios.md is a valid scenario.
