@@ -290,15 +290,22 @@ async fn drive(rep: Arc<Replica>) {
     let scale = shared.cfg.time_scale;
     let record = shared.cfg.record_token_times;
     let mut cursor = 0.0f64;
+    // Whether the last step ran into this one without an idle gap: then the next step starts
+    // exactly where the last one ended on the model timeline, however late this task woke up
+    // (starting it at "now" instead would add every wake-up's lateness to the model's clock:
+    // about a millisecond per step, +15% on a 7 ms decode step).
+    let mut busy = false;
     loop {
-        let start = cursor.max(shared.model_now());
+        let start = if busy { cursor } else { cursor.max(shared.model_now()) };
         let planned = rep.state.lock().engine.start_step(igw_core::Instant::from_secs_f64(start));
         let Some(d) = planned else {
+            busy = false;
             tokio::select! {
                 _ = rep.wake.notified() => continue,
                 _ = shared.cancel.cancelled() => return,
             }
         };
+        busy = true;
         let end = start + d.as_secs_f64();
         let deadline = shared.epoch + Duration::from_secs_f64(end * scale);
         tokio::select! {

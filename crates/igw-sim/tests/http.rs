@@ -333,3 +333,44 @@ async fn peer_endpoints() {
     assert_eq!(call(a, "GET", "/health", None).await.0, StatusCode::OK);
     f.shutdown().await;
 }
+
+/// The model clock must not absorb the wall clock's lateness: at time_scale 0.01 a decode step
+/// lasts ~70 µs on the wall, shorter than a typical timer wake-up, so starting each step at "now"
+/// would stretch the modelled e2e several times over. Steps run back to back must be laid end to
+/// end, giving exactly the sans-IO engine's e2e for the same request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_wake_ups_do_not_stretch_model_time() {
+    let mut cfg = config(ProfileOverrides::default());
+    cfg.jitter_sigma = 0.0;
+    let f = fleet(cfg, 1).await;
+    let prompt = "p".repeat(400);
+    let body = format!(r#"{{"prompt":"{prompt}","max_tokens":300,"ignore_eos":true}}"#);
+    let (s, _, b) = call(f.addrs()[0], "POST", "/v1/completions", Some(&body)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (_, _, m) = call(f.addrs()[0], "GET", "/metrics", None).await;
+    let served = metric(&parse_metrics(&m), "vllm:e2e_request_latency_seconds_sum");
+    f.shutdown().await;
+
+    let mut p = Profile::llama2_7b_h100();
+    p.apply(&ProfileOverrides::default()).unwrap();
+    let mut cfg = igw_sim::engine::EngineConfig::new(p);
+    cfg.jitter_sigma = 0.0;
+    let mut e = igw_sim::engine::Engine::new(cfg).unwrap();
+    let req = igw_sim::engine::SimRequest {
+        id: igw_sim::engine::RequestId(1),
+        prompt_tokens: 100,
+        block_hashes: Vec::new(),
+        output_tokens: 300,
+        max_tokens: 300,
+        adapter: None,
+    };
+    e.submit(req, igw_core::Instant::ZERO).unwrap();
+    let mut t = igw_core::Instant::ZERO;
+    while let Some((d, _)) = e.step(t) {
+        t = t.saturating_add(d);
+    }
+    let modelled = t.as_secs_f64();
+    assert!(modelled > 1.0, "300 decode steps: {modelled}");
+    // Only the first step may start late (at the request's arrival on the model clock).
+    assert!((served - modelled).abs() < 0.01 * modelled, "served e2e {served} s vs modelled {modelled} s");
+}
