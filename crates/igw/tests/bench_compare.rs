@@ -32,6 +32,8 @@ fn runs_each_contender_over_its_own_fleet_and_sets_the_des_beside() {
         .args(["--peers-venv", "/nonexistent"])
         .arg("--log-dir")
         .arg(&logs)
+        .arg("--chart")
+        .arg(logs.join("compare"))
         .arg("--json");
     if let Some(e) = &envoy {
         cmd.arg("--envoy-bin").arg(e);
@@ -56,6 +58,9 @@ fn runs_each_contender_over_its_own_fleet_and_sets_the_des_beside() {
     assert!(v["validation"][0]["real_order"].as_array().unwrap().len() == contenders.len(), "{v}");
     assert!(v["skipped"].as_array().unwrap().is_empty(), "{v}");
     assert!(stdout.contains("| igw-random | 10.0 |"), "{stdout}");
+    let svg = std::fs::read_to_string(logs.join("compare.svg")).unwrap();
+    assert!(contenders.iter().all(|c| svg.contains(c)), "every contender in the chart's legend");
+    assert!(std::fs::read(logs.join("compare.png")).unwrap().starts_with(b"\x89PNG"));
     // A peer that is not installed is skipped with the reason, not an error.
     let out = Command::new(env!("CARGO_BIN_EXE_igw"))
         .args(["bench", "compare", "--replicas", "1", "--qps", "1", "--duration", "100ms", "--no-des", "--json"])

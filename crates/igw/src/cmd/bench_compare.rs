@@ -94,6 +94,10 @@ pub struct CompareArgs {
     /// The stated tolerance of real time vs DES on p90 TPOT and p90 e2e (0.25 = ±25%).
     #[arg(long, default_value_t = 0.25)]
     pub tolerance: f64,
+    /// Write the blog-style three-panel chart (throughput, p90 TPOT, p90 e2e per QPS, one bar per
+    /// contender) to PREFIX.svg and PREFIX.png.
+    #[arg(long)]
+    pub chart: Option<PathBuf>,
     /// Print one JSON object as the last stdout line.
     #[arg(long)]
     pub json: bool,
@@ -159,6 +163,8 @@ pub struct DesPoint {
     pub policy: String,
     /// p90 TTFT, ms.
     pub p90_ttft_ms: f64,
+    /// p90 inter-token latency, ms.
+    pub p90_itl_ms: f64,
     /// p90 e2e ÷ output tokens, ms.
     pub p90_tpot_ms: f64,
     /// p90 e2e, ms.
@@ -228,10 +234,28 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     let report = rt.block_on(compare(&args))?;
     print!("{}", markdown(&report));
+    if let Some(prefix) = &args.chart {
+        super::bench::write_chart(&chart(&report), prefix)?;
+    }
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     }
     Ok(())
+}
+
+/// The comparison in the blog's three-panel form, one bar colour per contender.
+pub fn chart(r: &CompareReport) -> igw_bench::chart::Chart {
+    let rows: Vec<igw_bench::chart::ThreePanelRow<'_>> = r
+        .rows
+        .iter()
+        .map(|row| {
+            let t = &row.step;
+            let lat = |v: f64| if t.completed == 0 { f64::NAN } else { v };
+            (row.contender.as_str(), t.qps, t.output_tokens_per_min, lat(t.p90_tpot_ms), lat(t.p90_e2e_ms))
+        })
+        .collect();
+    let title = format!("igw bench compare · {} · {} replicas · model time", r.scenario, r.replicas);
+    igw_bench::chart::Chart::three_panel(&title, &rows)
 }
 
 fn scenario(args: &CompareArgs) -> anyhow::Result<igw_bench::scenario::Scenario> {
@@ -347,6 +371,7 @@ async fn compare(args: &CompareArgs) -> anyhow::Result<CompareReport> {
             let d = DesPoint {
                 policy: policy.into(),
                 p90_ttft_ms: r.p90_ttft_ms,
+                p90_itl_ms: r.p90_itl_ms,
                 p90_tpot_ms: r.p90_tpot_ms,
                 p90_e2e_ms: r.p90_e2e_ms,
                 output_tokens_per_min: r.output_tokens_per_min,
@@ -701,7 +726,7 @@ pub fn markdown(r: &CompareReport) -> String {
         "`igw bench compare` · scenario {} · {} · {} replicas · capacity {:.1} QPS · time_scale {} · latencies in model time\n\n",
         r.scenario, r.workload, r.replicas, r.capacity_qps, r.time_scale
     );
-    s.push_str("| contender | QPS | sent | attempted | completed | rejected | failed | timeouts | p50 / p90 TTFT ms | p90 ITL ms | p90 TPOT ms | p90 e2e ms | output tok/min | DES p90 TTFT / TPOT / e2e ms |\n");
+    s.push_str("| contender | QPS | sent | attempted | completed | rejected | failed | timeouts | p50 / p90 TTFT ms | p90 ITL ms | p90 TPOT ms | p90 e2e ms | output tok/min | DES p90 TTFT / ITL / TPOT / e2e ms |\n");
     s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     let mut rows: Vec<&CompareRow> = r.rows.iter().collect();
     rows.sort_by(|a, b| a.step.qps.total_cmp(&b.step.qps));
@@ -709,7 +734,7 @@ pub fn markdown(r: &CompareReport) -> String {
         let t = &row.step;
         let des = row.des.as_ref().map_or_else(
             || "–".to_string(),
-            |d| format!("{:.0} / {:.1} / {:.0}", d.p90_ttft_ms, d.p90_tpot_ms, d.p90_e2e_ms),
+            |d| format!("{:.0} / {:.1} / {:.1} / {:.0}", d.p90_ttft_ms, d.p90_itl_ms, d.p90_tpot_ms, d.p90_e2e_ms),
         );
         s.push_str(&format!(
             "| {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {:.0} / {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {} |\n",
@@ -786,6 +811,7 @@ mod tests {
             des: Some(DesPoint {
                 policy: c.into(),
                 p90_ttft_ms: 0.0,
+                p90_itl_ms: 0.0,
                 p90_tpot_ms: des / 100.0,
                 p90_e2e_ms: des,
                 output_tokens_per_min: 0.0,
