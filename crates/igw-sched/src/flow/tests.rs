@@ -116,6 +116,9 @@ fn batch_holdback_comes_from_the_flow_control_section() {
     assert_eq!(cfg.batch_holdback, Some(48.0));
     assert_eq!(FlowConfig::igw().batch_holdback, None, "off by default, as upstream");
     assert_eq!(FlowConfig::upstream().batch_holdback, None);
+    let yaml = "featureGates: [flowControl]\nflowControl:\n  lowerBandMaxConcurrency: 65\n";
+    let epc = crate::config::EndpointPickerConfig::parse(yaml).unwrap();
+    assert_eq!(epc.flow_config().unwrap().unwrap().batch_holdback, Some(65.0), "through an EndpointPickerConfig");
     let zero: FlowControlConfig = serde_json::from_str(r#"{"lowerBandMaxConcurrency":0}"#).unwrap();
     assert!(matches!(zero.resolve(&FlowConfig::igw(), None), Err(FlowConfigError::InvalidUsageLimit(_))));
 }
