@@ -105,6 +105,38 @@ pub fn parse_with(text: &[u8], counter: &Counter, label: &str) -> Result<ShareGp
     Ok(out)
 }
 
+/// A kept conversation with its text: what a real-time client sends (`igw bench run --sharegpt-file`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextPair {
+    /// The prompt (the first turn).
+    pub prompt: String,
+    /// Its tokens.
+    pub prompt_tokens: u32,
+    /// Tokens of the second turn: the request's `max_tokens`.
+    pub output_tokens: u32,
+}
+
+/// The kept pairs of a ShareGPT file (truncated or valid JSON) with their prompt texts, in file
+/// order, counted with `counter` and filtered as [`parse_with`] does.
+pub fn text_pairs(text: &[u8], counter: &Counter) -> Result<Vec<TextPair>, BenchError> {
+    let (turns, _) = first_turns(text)?;
+    let keep = |n: u32| (MIN_TOKENS..=MAX_TOKENS).contains(&n);
+    let mut out = Vec::new();
+    for chunk in turns.chunks(1024) {
+        let texts: Vec<&str> = chunk.iter().flat_map(|(h, g)| [h.as_str(), g.as_str()]).collect();
+        let counts = counter.count_all(&texts)?;
+        for ((prompt, _), c) in chunk.iter().zip(counts.chunks_exact(2)) {
+            if keep(c[0]) && keep(c[1]) {
+                out.push(TextPair { prompt: prompt.clone(), prompt_tokens: c[0], output_tokens: c[1] });
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(BenchError::ShareGpt("no usable conversation".into()));
+    }
+    Ok(out)
+}
+
 /// Parses the dataset text with ⌈characters / 4⌉ token counts.
 pub fn parse(text: &[u8]) -> Result<ShareGptLengths, BenchError> {
     parse_with(text, &Counter::CharsDiv4, crate::tokenizer::CHARS_DIV_4)
@@ -304,6 +336,14 @@ mod tests {
         assert_eq!(l.pairs, vec![(4, 8)]);
         assert_eq!(l.counter, "words");
         assert_eq!(parse(fixture_text().as_bytes()).unwrap().pairs, vec![(6, 7)]);
+    }
+
+    #[test]
+    fn text_pairs_keep_the_prompts_in_file_order() {
+        let pairs = text_pairs(fixture_text().as_bytes(), &Counter::CharsDiv4).unwrap();
+        assert_eq!(pairs.len(), 1, "\"hello\" is too short");
+        assert_eq!(pairs[0].prompt, "hello world ".repeat(2));
+        assert_eq!((pairs[0].prompt_tokens, pairs[0].output_tokens), (6, 7));
     }
 
     #[test]

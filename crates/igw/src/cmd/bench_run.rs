@@ -49,6 +49,12 @@ pub struct RunArgs {
     /// Cap on each request's max_tokens (0 = the workload's own lengths).
     #[arg(long, default_value_t = 0)]
     pub max_tokens_cap: u32,
+    /// Send the prompts of this ShareGPT JSON file (valid or truncated) in file order instead of the
+    /// scenario's workload, with max_tokens = the second turn's tokens (the tokenizer of
+    /// `igw bench workload`: $IGW_TOKENIZER_JSON or target/venv-bench, else chars/4), as
+    /// inference-perf's shareGPT data does; pairs outside 4..=1024 tokens are skipped.
+    #[arg(long)]
+    pub sharegpt_file: Option<std::path::PathBuf>,
     /// Seed of the arrivals and the workload.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -84,8 +90,12 @@ pub struct StepReport {
     pub p50_ttft_ms: f64,
     /// p90 TTFT (ms).
     pub p90_ttft_ms: f64,
+    /// p50 inter-token latency (ms).
+    pub p50_itl_ms: f64,
     /// p90 inter-token latency (ms).
     pub p90_itl_ms: f64,
+    /// p50 e2e ÷ output tokens (ms).
+    pub p50_tpot_ms: f64,
     /// p90 e2e ÷ output tokens (ms).
     pub p90_tpot_ms: f64,
     /// p50 e2e (ms).
@@ -171,8 +181,11 @@ pub fn markdown(r: &RunReport) -> String {
 
 /// Runs every step against `args.url`.
 pub async fn bench(args: &RunArgs) -> anyhow::Result<RunReport> {
-    let sc = igw_bench::scenario::Scenario::builtin(&args.scenario)?;
-    let generator = Arc::new(igw_bench::cluster::generator(&sc)?);
+    let texts = args.sharegpt_file.as_deref().map(sharegpt_texts).transpose()?;
+    let generator = Arc::new(match &texts {
+        Some(_) => igw_bench::workload::Generator::new(&igw_bench::workload::WorkloadSpec::LpgFit { seed: 1 }, None)?,
+        None => igw_bench::cluster::generator(&igw_bench::scenario::Scenario::builtin(&args.scenario)?)?,
+    });
     let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let base = args.url.trim_end_matches('/').to_string();
     let mut rng = SmallRng::seed_from_u64(args.seed);
@@ -190,6 +203,11 @@ pub async fn bench(args: &RunArgs) -> anyhow::Result<RunReport> {
         for t in &times {
             tokio::time::sleep_until(start + Duration::from_secs_f64(*t)).await;
             let mut spec = generator.next(&mut rng);
+            let text = texts.as_ref().map(|(pairs, _)| {
+                let p = &pairs[next_id as usize % pairs.len()];
+                (spec.input, spec.output) = (p.prompt_tokens, p.output_tokens);
+                p.prompt.clone()
+            });
             if args.max_tokens_cap > 0 {
                 spec.output = spec.output.min(args.max_tokens_cap);
             }
@@ -197,7 +215,7 @@ pub async fn bench(args: &RunArgs) -> anyhow::Result<RunReport> {
             let model = spec.adapter.as_deref().map_or_else(|| args.model.clone(), str::to_string);
             let body = serde_json::json!({
                 "model": model,
-                "prompt": igw_bench::workload::prompt_text(&spec, next_id),
+                "prompt": text.unwrap_or_else(|| igw_bench::workload::prompt_text(&spec, next_id)),
                 "max_tokens": spec.output,
                 "ignore_eos": true,
                 "stream": true,
@@ -218,7 +236,22 @@ pub async fn bench(args: &RunArgs) -> anyhow::Result<RunReport> {
         );
         steps.push(report);
     }
-    Ok(RunReport { url: args.url.clone(), workload: generator.description.clone(), steps })
+    let workload = texts.map_or_else(|| generator.description.clone(), |(_, d)| d);
+    Ok(RunReport { url: args.url.clone(), workload, steps })
+}
+
+/// The prompts of a ShareGPT file in file order, and the workload's description.
+fn sharegpt_texts(path: &std::path::Path) -> anyhow::Result<(Vec<igw_bench::sharegpt::TextPair>, String)> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let counting = igw_bench::tokenizer::Counting::choose();
+    let pairs = igw_bench::sharegpt::text_pairs(&bytes, &counting.load()?)?;
+    let d = format!(
+        "sharegpt-file {} ({} prompts in file order, {} tokens)",
+        path.display(),
+        pairs.len(),
+        counting.label()
+    );
+    Ok((pairs, d))
 }
 
 async fn one(client: Client<HttpConnector, Full<Bytes>>, url: String, body: String, timeout: Duration) -> Outcome {
@@ -346,7 +379,9 @@ fn summarize(qps: f64, times: &[f64], duration_s: f64, outcomes: Vec<Outcome>) -
     }
     r.p50_ttft_ms = pct(&mut ttft, 0.5);
     r.p90_ttft_ms = pct(&mut ttft, 0.9);
+    r.p50_itl_ms = pct(&mut itl, 0.5);
     r.p90_itl_ms = pct(&mut itl, 0.9);
+    r.p50_tpot_ms = pct(&mut tpot, 0.5);
     r.p90_tpot_ms = pct(&mut tpot, 0.9);
     r.p50_e2e_ms = pct(&mut e2e, 0.5);
     r.p90_e2e_ms = pct(&mut e2e, 0.9);
@@ -385,6 +420,7 @@ mod tests {
             duration: Duration::from_millis(500),
             timeout: Duration::from_secs(30),
             max_tokens_cap: 8,
+            sharegpt_file: None,
             seed: 3,
             json: false,
             chart: None,
@@ -397,6 +433,43 @@ mod tests {
         assert_eq!(s.completed, 20, "{s:?}");
         assert!(s.p50_ttft_ms > 0.0 && s.p90_e2e_ms >= s.p50_e2e_ms && s.p90_tpot_ms > 0.0);
         assert!(markdown(&r).contains("| 40.0 |"));
+        fleet.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sharegpt_file_is_sent_prompt_by_prompt() {
+        let mut cfg = igw_sim::FleetConfig::new(igw_sim::profile::Profile::llama2_7b_h100());
+        cfg.time_scale = 0.01;
+        let fleet = igw_sim::Fleet::bind(cfg, 1, 0).await.unwrap();
+        let file = std::env::temp_dir().join(format!("igw-bench-run-sharegpt-{}.json", std::process::id()));
+        let turn = |from: &str, n: usize| serde_json::json!({"from": from, "value": "hello world ".repeat(n)});
+        let conv = |n: usize| serde_json::json!({"id": "x", "conversations": [turn("human", n), turn("gpt", 2 * n)]});
+        // The middle conversation is too short to keep.
+        std::fs::write(&file, serde_json::json!([conv(10), conv(1), conv(12)]).to_string()).unwrap();
+        let args = RunArgs {
+            url: format!("http://{}", fleet.addrs()[0]),
+            model: "meta-llama/Llama-2-7b-hf".into(),
+            scenario: "blog".into(),
+            qps: vec![40.0],
+            duration: Duration::from_millis(250),
+            timeout: Duration::from_secs(30),
+            max_tokens_cap: 8,
+            sharegpt_file: Some(file.clone()),
+            seed: 3,
+            json: false,
+            chart: None,
+            label: "run".into(),
+        };
+        let r = bench(&args).await.unwrap();
+        std::fs::remove_file(&file).unwrap();
+        let s = &r.steps[0];
+        assert_eq!((s.attempted, s.completed), (10, 10), "{s:?}");
+        assert!(
+            r.workload.starts_with("sharegpt-file ") && r.workload.contains("(2 prompts in file order"),
+            "{}",
+            r.workload
+        );
+        assert!(s.p50_itl_ms <= s.p90_itl_ms && s.p50_tpot_ms > 0.0 && s.p50_tpot_ms <= s.p90_tpot_ms);
         fleet.shutdown().await;
     }
 }
