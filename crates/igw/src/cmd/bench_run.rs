@@ -8,6 +8,7 @@
 //! transport error) or timed out.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -199,6 +200,17 @@ pub async fn bench(args: &RunArgs) -> anyhow::Result<RunReport> {
             &mut rng,
         );
         let start = tokio::time::Instant::now();
+        let counts = Arc::new(Counts::default());
+        let ticker = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+            let (counts, planned, duration) = (counts.clone(), times.len() as u64, args.duration);
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_millis(500));
+                loop {
+                    every.tick().await;
+                    eprint!("\r{}", progress_line(qps, start.elapsed(), duration, planned, &counts.read()));
+                }
+            })
+        });
         let mut tasks = Vec::with_capacity(times.len());
         for t in &times {
             tokio::time::sleep_until(start + Duration::from_secs_f64(*t)).await;
@@ -223,11 +235,25 @@ pub async fn bench(args: &RunArgs) -> anyhow::Result<RunReport> {
             })
             .to_string();
             let (client, url, timeout) = (client.clone(), format!("{base}/v1/completions"), args.timeout);
-            tasks.push(tokio::spawn(async move { one(client, url, body, timeout).await }));
+            let counts = counts.clone();
+            counts.sent.fetch_add(1, Ordering::Relaxed);
+            tasks.push(tokio::spawn(async move {
+                let o = one(client, url, body, timeout).await;
+                let n = match o {
+                    Outcome::Completed { .. } => &counts.completed,
+                    _ => &counts.unsuccessful,
+                };
+                n.fetch_add(1, Ordering::Relaxed);
+                o
+            }));
         }
         let mut outcomes = Vec::with_capacity(tasks.len());
         for t in tasks {
             outcomes.push(t.await.unwrap_or(Outcome::Failed));
+        }
+        if let Some(t) = ticker {
+            t.abort();
+            eprint!("\r{}\r", " ".repeat(100));
         }
         let report = summarize(qps, &times, args.duration.as_secs_f64(), outcomes);
         eprintln!(
@@ -238,6 +264,46 @@ pub async fn bench(args: &RunArgs) -> anyhow::Result<RunReport> {
     }
     let workload = texts.map_or_else(|| generator.description.clone(), |(_, d)| d);
     Ok(RunReport { url: args.url.clone(), workload, steps })
+}
+
+/// Live counts of one step, for the progress line.
+#[derive(Default)]
+struct Counts {
+    sent: AtomicU64,
+    completed: AtomicU64,
+    unsuccessful: AtomicU64,
+}
+
+impl Counts {
+    fn read(&self) -> [u64; 3] {
+        [&self.sent, &self.completed, &self.unsuccessful].map(|c| c.load(Ordering::Relaxed))
+    }
+}
+
+/// The progress line shown on a terminal while a step runs: a bar over the step's duration (then
+/// over the requests still in flight while it drains), sent / completed / unsuccessful counts.
+pub fn progress_line(
+    qps: f64,
+    elapsed: Duration,
+    duration: Duration,
+    planned: u64,
+    [sent, done, bad]: &[u64; 3],
+) -> String {
+    const WIDTH: usize = 24;
+    let (frac, phase) = if elapsed < duration {
+        (elapsed.as_secs_f64() / duration.as_secs_f64().max(1e-9), "sending")
+    } else {
+        ((done + bad) as f64 / planned.max(1) as f64, "draining")
+    };
+    let filled = ((frac.clamp(0.0, 1.0) * WIDTH as f64).round() as usize).min(WIDTH);
+    format!(
+        "  {qps:.1} QPS [{}{}] {phase} {:.0}/{:.0} s · sent {sent}/{planned} · completed {done} · unsuccessful {bad} · in flight {}",
+        "#".repeat(filled),
+        ".".repeat(WIDTH - filled),
+        elapsed.as_secs_f64().min(duration.as_secs_f64()),
+        duration.as_secs_f64(),
+        sent.saturating_sub(done + bad)
+    )
 }
 
 /// The prompts of a ShareGPT file in file order, and the workload's description.
@@ -405,6 +471,17 @@ mod tests {
             assert!(t.first.is_some());
             assert_eq!(t.itls.len(), 1);
         }
+    }
+
+    #[test]
+    fn the_progress_line_fills_while_sending_then_while_draining() {
+        let d = Duration::from_secs(10);
+        let l = progress_line(20.0, Duration::from_secs(5), d, 200, &[100, 80, 2]);
+        assert!(l.contains("[############............] sending 5/10 s"), "{l}");
+        assert!(l.contains("sent 100/200 · completed 80 · unsuccessful 2 · in flight 18"), "{l}");
+        let l = progress_line(20.0, Duration::from_secs(12), d, 200, &[200, 150, 0]);
+        assert!(l.contains("[##################......] draining 10/10 s"), "{l}");
+        assert!(l.contains("in flight 50"), "{l}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
