@@ -403,6 +403,42 @@ impl Sim<'_> {
     }
 }
 
+/// One request of a point's load: when it arrives, what it asks for, its class.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Arrival {
+    /// Arrival time, seconds (model time) from the start of the step.
+    pub at: f64,
+    /// Lengths, prefix group, adapter.
+    pub spec: RequestSpec,
+    /// Index into [`Scenario::classes`].
+    pub class: usize,
+}
+
+/// The requests of one (scenario, offered QPS) point: the same for every policy (seeded by the
+/// scenario and the QPS, not the policy), and what the real-time runner sends when it replays a
+/// point (`igw bench compare`), so the DES and the wall-clock run see one request sequence.
+pub fn point_arrivals(sc: &Scenario, generator: &Generator, qps: f64) -> Vec<Arrival> {
+    let classes = sc.classes();
+    let mut arng = SmallRng::seed_from_u64(sc.arrivals.seed ^ (qps.to_bits()));
+    let times = arrival_times(sc.arrivals.process, qps, sc.arrivals.duration_s, &mut arng);
+    let mut wrng = SmallRng::seed_from_u64(sc.workload.seed() ^ (qps.to_bits().rotate_left(17)));
+    let cum: Vec<f64> = classes
+        .iter()
+        .scan(0.0, |acc, c| {
+            *acc += c.fraction;
+            Some(*acc)
+        })
+        .collect();
+    times
+        .iter()
+        .map(|&t| {
+            let u: f64 = arng.random();
+            let class = cum.iter().position(|c| u < *c).unwrap_or(classes.len() - 1);
+            Arrival { at: t, spec: generator.next(&mut wrng), class }
+        })
+        .collect()
+}
+
 /// Runs one policy at one offered QPS; `capacity_qps` only scales the reported load factor.
 pub fn run_point(
     sc: &Scenario,
@@ -440,37 +476,22 @@ pub fn run_point_with(
     }));
     let endpoints = ds.snapshot().endpoints.clone();
     let classes = sc.classes();
-    // Requests and arrival times: the same for every policy (seeded by the scenario, not the policy).
-    let mut arng = SmallRng::seed_from_u64(sc.arrivals.seed ^ (qps.to_bits()));
-    let times = arrival_times(sc.arrivals.process, qps, sc.arrivals.duration_s, &mut arng);
-    let mut wrng = SmallRng::seed_from_u64(sc.workload.seed() ^ (qps.to_bits().rotate_left(17)));
-    let cum: Vec<f64> = classes
-        .iter()
-        .scan(0.0, |acc, c| {
-            *acc += c.fraction;
-            Some(*acc)
-        })
-        .collect();
-    let reqs: Vec<Req> = times
-        .iter()
-        .map(|&t| {
-            let u: f64 = arng.random();
-            let class = cum.iter().position(|c| u < *c).unwrap_or(classes.len() - 1);
-            Req {
-                spec: generator.next(&mut wrng),
-                class,
-                arrival: t,
-                state: State::Pending,
-                endpoint: 0,
-                first: 0.0,
-                last: 0.0,
-                done: 0.0,
-                tokens: 0,
-                cached: 0,
-                backlogged_tokens: 0,
-                routed: None,
-                flow: None,
-            }
+    let reqs: Vec<Req> = point_arrivals(sc, generator, qps)
+        .into_iter()
+        .map(|a| Req {
+            spec: a.spec,
+            class: a.class,
+            arrival: a.at,
+            state: State::Pending,
+            endpoint: 0,
+            first: 0.0,
+            last: 0.0,
+            done: 0.0,
+            tokens: 0,
+            cached: 0,
+            backlogged_tokens: 0,
+            routed: None,
+            flow: None,
         })
         .collect();
     let fc = match &policy.flow {
@@ -506,8 +527,9 @@ pub fn run_point_with(
         backlog_since: 0.0,
         backlogged_s: 0.0,
     };
-    for (i, t) in times.iter().enumerate() {
-        sim.push(*t, Ev::Arrival(i as u32));
+    let times: Vec<f64> = sim.reqs.iter().map(|r| r.arrival).collect();
+    for (i, t) in times.into_iter().enumerate() {
+        sim.push(t, Ev::Arrival(i as u32));
     }
     let period = sc.scrape_interval_ms as f64 / 1000.0;
     for i in 0..n {

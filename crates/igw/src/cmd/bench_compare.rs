@@ -19,13 +19,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
-use clap::{Args, Parser};
+use clap::Args;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 
-use super::bench_run::{RunArgs, StepReport};
+use super::bench_run::{Send, StepReport, Target, run_step};
 
 fn parse_go_duration(s: &str) -> Result<Duration, String> {
     igw_sched::flow::quantity::parse_duration(s).map_err(|e| e.to_string())
@@ -276,15 +276,11 @@ fn scenario(args: &CompareArgs) -> anyhow::Result<igw_bench::scenario::Scenario>
 }
 
 /// The simulated fleet of a scenario, as `igw sim` would serve it.
-fn fleet_config(
-    sc: &igw_bench::scenario::Scenario,
-    time_scale: f64,
-    seed: u64,
-) -> anyhow::Result<igw_sim::FleetConfig> {
+fn fleet_config(sc: &igw_bench::scenario::Scenario, time_scale: f64) -> anyhow::Result<igw_sim::FleetConfig> {
     let mut cfg = igw_sim::FleetConfig::new(sc.profile()?);
     cfg.model = MODEL.into();
     cfg.time_scale = time_scale;
-    cfg.seed = sc.fleet.seed ^ seed;
+    cfg.seed = sc.fleet.seed;
     cfg.jitter_sigma = sc.fleet.jitter_sigma;
     cfg.speed_factors = sc.speed_factors();
     if matches!(sc.workload, igw_bench::workload::WorkloadSpec::MultiLora { .. }) {
@@ -332,14 +328,14 @@ async fn compare(args: &CompareArgs) -> anyhow::Result<CompareReport> {
             skipped.push(Skipped { contender: name.clone(), reason });
             continue;
         }
-        let fleet = igw_sim::Fleet::bind(fleet_config(&sc, args.time_scale, args.seed)?, args.replicas, 0)
+        let fleet = igw_sim::Fleet::bind(fleet_config(&sc, args.time_scale)?, args.replicas, 0)
             .await
             .context("starting the simulated fleet")?;
         let addrs: Vec<String> = fleet.addrs().iter().map(ToString::to_string).collect();
         let started = start(kind, name, &addrs, &igw_bin, &envoy_bin, &args.peers_venv, &args.log_dir);
         let result = match started {
             Ok(mut procs) => {
-                let r = drive(args, name, &procs.url, &ladder).await;
+                let r = drive(args, name, &procs.url, &ladder, &sc, &generator).await;
                 procs.stop();
                 r
             }
@@ -584,48 +580,37 @@ fn start(
     Ok(procs)
 }
 
-/// Waits until one small completion passes through the contender (60 s at most), then runs the
-/// load steps.
-async fn drive(args: &CompareArgs, name: &str, url: &str, ladder: &[f64]) -> anyhow::Result<Vec<StepReport>> {
+/// Waits until one small completion passes through the contender (60 s at most), then replays
+/// each QPS point's requests — exactly the DES's for the same point, on the wall clock.
+async fn drive(
+    args: &CompareArgs,
+    name: &str,
+    url: &str,
+    ladder: &[f64],
+    sc: &igw_bench::scenario::Scenario,
+    generator: &igw_bench::workload::Generator,
+) -> anyhow::Result<Vec<StepReport>> {
     ready(url, Duration::from_secs(60)).await.with_context(|| format!("{name} did not become ready at {url}"))?;
-    let wall_qps: Vec<String> = ladder.iter().map(|q| format!("{}", q / args.time_scale)).collect();
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        run: RunArgs,
-    }
-    let duration = format!("{}ms", args.duration.as_millis());
-    let timeout = format!("{}ms", args.timeout.as_millis());
-    let seed = args.seed.to_string();
-    let qps = wall_qps.join(",");
-    let argv = [
-        "run",
-        "--url",
-        url,
-        "--model",
-        MODEL,
-        "--scenario",
-        args.scenario.as_str(),
-        "--qps",
-        qps.as_str(),
-        "--duration",
-        duration.as_str(),
-        "--timeout",
-        timeout.as_str(),
-        "--seed",
-        seed.as_str(),
-    ];
-    let run = Wrap::try_parse_from(argv).context("building the load client's arguments")?.run;
     eprintln!("  {name} at {url} ...");
-    let report = super::bench_run::bench(&run).await?;
-    let mut steps = report.steps;
-    for (s, q) in steps.iter_mut().zip(ladder) {
-        to_model_time(s, args.time_scale);
-        s.qps = *q;
+    let target = Target::new(url, MODEL, args.timeout);
+    let mut steps = Vec::with_capacity(ladder.len());
+    let mut id = 0u64;
+    for &qps in ladder {
+        let sends: Vec<Send> = igw_bench::cluster::point_arrivals(sc, generator, qps)
+            .into_iter()
+            .map(|a| {
+                id += 1;
+                Send { at: a.at * args.time_scale, spec: a.spec, id, text: None }
+            })
+            .collect();
+        let mut s = run_step(&target, qps / args.time_scale, args.duration, sends).await;
+        to_model_time(&mut s, args.time_scale);
+        s.qps = qps;
         eprintln!(
             "    {:.1} QPS: {} completed, {} rejected, {} failed, {} timeouts; p90 TTFT {:.0} ms, p90 TPOT {:.1} ms, p90 e2e {:.0} ms",
             s.qps, s.completed, s.rejected, s.failed, s.timeouts, s.p90_ttft_ms, s.p90_tpot_ms, s.p90_e2e_ms
         );
+        steps.push(s);
     }
     Ok(steps)
 }

@@ -187,8 +187,7 @@ pub async fn bench(args: &RunArgs) -> anyhow::Result<RunReport> {
         Some(_) => igw_bench::workload::Generator::new(&igw_bench::workload::WorkloadSpec::LpgFit { seed: 1 }, None)?,
         None => igw_bench::cluster::generator(&igw_bench::scenario::Scenario::builtin(&args.scenario)?)?,
     });
-    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let base = args.url.trim_end_matches('/').to_string();
+    let target = Target::new(&args.url, &args.model, args.timeout);
     let mut rng = SmallRng::seed_from_u64(args.seed);
     let mut steps = Vec::new();
     let mut next_id = 0u64;
@@ -199,71 +198,118 @@ pub async fn bench(args: &RunArgs) -> anyhow::Result<RunReport> {
             args.duration.as_secs_f64(),
             &mut rng,
         );
-        let start = tokio::time::Instant::now();
-        let counts = Arc::new(Counts::default());
-        let ticker = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
-            let (counts, planned, duration) = (counts.clone(), times.len() as u64, args.duration);
-            tokio::spawn(async move {
-                let mut every = tokio::time::interval(Duration::from_millis(500));
-                loop {
-                    every.tick().await;
-                    eprint!("\r{}", progress_line(qps, start.elapsed(), duration, planned, &counts.read()));
+        let sends: Vec<Send> = times
+            .iter()
+            .map(|&at| {
+                let mut spec = generator.next(&mut rng);
+                let text = texts.as_ref().map(|(pairs, _)| {
+                    let p = &pairs[next_id as usize % pairs.len()];
+                    (spec.input, spec.output) = (p.prompt_tokens, p.output_tokens);
+                    p.prompt.clone()
+                });
+                if args.max_tokens_cap > 0 {
+                    spec.output = spec.output.min(args.max_tokens_cap);
                 }
+                next_id += 1;
+                Send { at, spec, id: next_id, text }
             })
-        });
-        let mut tasks = Vec::with_capacity(times.len());
-        for t in &times {
-            tokio::time::sleep_until(start + Duration::from_secs_f64(*t)).await;
-            let mut spec = generator.next(&mut rng);
-            let text = texts.as_ref().map(|(pairs, _)| {
-                let p = &pairs[next_id as usize % pairs.len()];
-                (spec.input, spec.output) = (p.prompt_tokens, p.output_tokens);
-                p.prompt.clone()
-            });
-            if args.max_tokens_cap > 0 {
-                spec.output = spec.output.min(args.max_tokens_cap);
-            }
-            next_id += 1;
-            let model = spec.adapter.as_deref().map_or_else(|| args.model.clone(), str::to_string);
-            let body = serde_json::json!({
-                "model": model,
-                "prompt": text.unwrap_or_else(|| igw_bench::workload::prompt_text(&spec, next_id)),
-                "max_tokens": spec.output,
-                "ignore_eos": true,
-                "stream": true,
-                "stream_options": {"include_usage": true},
-            })
-            .to_string();
-            let (client, url, timeout) = (client.clone(), format!("{base}/v1/completions"), args.timeout);
-            let counts = counts.clone();
-            counts.sent.fetch_add(1, Ordering::Relaxed);
-            tasks.push(tokio::spawn(async move {
-                let o = one(client, url, body, timeout).await;
-                let n = match o {
-                    Outcome::Completed { .. } => &counts.completed,
-                    _ => &counts.unsuccessful,
-                };
-                n.fetch_add(1, Ordering::Relaxed);
-                o
-            }));
-        }
-        let mut outcomes = Vec::with_capacity(tasks.len());
-        for t in tasks {
-            outcomes.push(t.await.unwrap_or(Outcome::Failed));
-        }
-        if let Some(t) = ticker {
-            t.abort();
-            eprint!("\r{}\r", " ".repeat(100));
-        }
-        let report = summarize(qps, &times, args.duration.as_secs_f64(), outcomes);
-        eprintln!(
-            "  {:.1} QPS: {} attempted, {} completed, {} rejected, {} failed, {} timeouts",
-            qps, report.attempted, report.completed, report.rejected, report.failed, report.timeouts
-        );
-        steps.push(report);
+            .collect();
+        steps.push(run_step(&target, qps, args.duration, sends).await);
     }
     let workload = texts.map_or_else(|| generator.description.clone(), |(_, d)| d);
     Ok(RunReport { url: args.url.clone(), workload, steps })
+}
+
+/// Where a step's requests go.
+pub struct Target {
+    client: Client<HttpConnector, Full<Bytes>>,
+    completions: String,
+    model: String,
+    timeout: Duration,
+}
+
+impl Target {
+    /// An OpenAI-compatible base URL, the model sent when a request names no LoRA adapter, and the
+    /// client timeout per request.
+    pub fn new(url: &str, model: &str, timeout: Duration) -> Self {
+        Target {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            completions: format!("{}/v1/completions", url.trim_end_matches('/')),
+            model: model.into(),
+            timeout,
+        }
+    }
+}
+
+/// One request of a step.
+pub struct Send {
+    /// When to send it, seconds (wall clock) after the step starts.
+    pub at: f64,
+    /// Lengths, prefix group, adapter (the request's `model` when set).
+    pub spec: igw_bench::workload::RequestSpec,
+    /// Request number (makes unshared prompts unique).
+    pub id: u64,
+    /// The prompt text; else the workload's text for `spec` and `id`.
+    pub text: Option<String>,
+}
+
+/// Sends one step's requests on schedule (open loop), waits for all of them and summarizes;
+/// `duration` is the step's arrival window (for the sent rate and the throughput).
+pub async fn run_step(target: &Target, qps: f64, duration: Duration, sends: Vec<Send>) -> StepReport {
+    let start = tokio::time::Instant::now();
+    let counts = Arc::new(Counts::default());
+    let planned = sends.len() as u64;
+    let ticker = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        let counts = counts.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                every.tick().await;
+                eprint!("\r{}", progress_line(qps, start.elapsed(), duration, planned, &counts.read()));
+            }
+        })
+    });
+    let mut tasks = Vec::with_capacity(sends.len());
+    for send in sends {
+        tokio::time::sleep_until(start + Duration::from_secs_f64(send.at.max(0.0))).await;
+        let spec = &send.spec;
+        let model = spec.adapter.as_deref().map_or_else(|| target.model.clone(), str::to_string);
+        let body = serde_json::json!({
+            "model": model,
+            "prompt": send.text.unwrap_or_else(|| igw_bench::workload::prompt_text(spec, send.id)),
+            "max_tokens": spec.output,
+            "ignore_eos": true,
+            "stream": true,
+            "stream_options": {"include_usage": true},
+        })
+        .to_string();
+        let (client, url, timeout) = (target.client.clone(), target.completions.clone(), target.timeout);
+        let counts = counts.clone();
+        counts.sent.fetch_add(1, Ordering::Relaxed);
+        tasks.push(tokio::spawn(async move {
+            let o = one(client, url, body, timeout).await;
+            let n = match o {
+                Outcome::Completed { .. } => &counts.completed,
+                _ => &counts.unsuccessful,
+            };
+            n.fetch_add(1, Ordering::Relaxed);
+            o
+        }));
+    }
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        outcomes.push(t.await.unwrap_or(Outcome::Failed));
+    }
+    if let Some(t) = ticker {
+        t.abort();
+        eprint!("\r{}\r", " ".repeat(100));
+    }
+    let report = summarize(qps, duration.as_secs_f64(), outcomes);
+    eprintln!(
+        "  {:.1} QPS: {} attempted, {} completed, {} rejected, {} failed, {} timeouts",
+        qps, report.attempted, report.completed, report.rejected, report.failed, report.timeouts
+    );
+    report
 }
 
 /// Live counts of one step, for the progress line.
@@ -420,10 +466,10 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1] * 1000.0
 }
 
-fn summarize(qps: f64, times: &[f64], duration_s: f64, outcomes: Vec<Outcome>) -> StepReport {
+fn summarize(qps: f64, duration_s: f64, outcomes: Vec<Outcome>) -> StepReport {
     let mut r = StepReport {
         qps,
-        sent_qps: times.len() as f64 / duration_s.max(1e-9),
+        sent_qps: outcomes.len() as f64 / duration_s.max(1e-9),
         attempted: outcomes.len() as u64,
         ..Default::default()
     };
