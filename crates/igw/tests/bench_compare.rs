@@ -61,6 +61,19 @@ fn runs_each_contender_over_its_own_fleet_and_sets_the_des_beside() {
     let svg = std::fs::read_to_string(logs.join("compare.svg")).unwrap();
     assert!(contenders.iter().all(|c| svg.contains(c)), "every contender in the chart's legend");
     assert!(std::fs::read(logs.join("compare.png")).unwrap().starts_with(b"\x89PNG"));
+    // A saved report is redrawn without running anything.
+    std::fs::write(logs.join("report.json"), stdout.as_bytes()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_igw"))
+        .args(["bench", "compare", "--replot"])
+        .arg(logs.join("report.json"))
+        .arg("--chart")
+        .arg(logs.join("replot"))
+        .output()
+        .unwrap();
+    let replotted = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(replotted.contains("| igw-random | 10.0 |") && replotted.contains("DES vs real time"), "{replotted}");
+    assert!(logs.join("replot.png").exists());
     // A peer that is not installed is skipped with the reason, not an error.
     let out = Command::new(env!("CARGO_BIN_EXE_igw"))
         .args(["bench", "compare", "--replicas", "1", "--qps", "1", "--duration", "100ms", "--no-des", "--json"])

@@ -153,18 +153,21 @@ fn panel(shapes: &mut Vec<Shape>, c: &Chart, p: &Panel, x0: i32) {
     let left1 = plot_left(x0, &nice_axis(headroom(max_over(p, n_cat, |_| true))));
     let avail = (right - left1 - 2 * PAD).max(0);
     // Each column as wide as its longest name; all shrunk alike (names shortened) when too wide.
-    let natural: Vec<i32> = p
-        .series
-        .chunks(rows.max(1))
-        .map(|col| {
-            let chars = col.iter().map(|s| s.name.chars().count()).max().unwrap_or(0);
-            SWATCH_W + 8 + text_width(chars, S).min(10_000) + 16
-        })
-        .collect();
-    let col_ws = if natural.iter().fold(0, |a: i32, w| a.saturating_add(*w)) <= avail {
-        natural
-    } else {
-        vec![avail / i32::try_from(cols).unwrap_or(i32::MAX); cols]
+    let natural = |scale: i32| -> Vec<i32> {
+        p.series
+            .chunks(rows.max(1))
+            .map(|col| {
+                let chars = col.iter().map(|s| s.name.chars().count()).max().unwrap_or(0);
+                SWATCH_W + 8 + text_width(chars, scale).min(10_000) + 16
+            })
+            .collect()
+    };
+    let fits = |ws: &[i32]| ws.iter().fold(0, |a: i32, w| a.saturating_add(*w)) <= avail;
+    // Names too long for the label size: the legend drops to the small font before shortening them.
+    let (legend_s, col_ws) = match (natural(S), natural(1)) {
+        (big, _) if fits(&big) => (S, big),
+        (_, small) if fits(&small) => (1, small),
+        _ => (1, vec![avail / i32::try_from(cols).unwrap_or(i32::MAX); cols]),
     };
     let legend_end = f64::from(PAD + col_ws.iter().fold(0, |a: i32, w| a.saturating_add(*w)) + 8);
     let gw1 = f64::from(right - left1) / n_cat.max(1) as f64;
@@ -241,9 +244,9 @@ fn panel(shapes: &mut Vec<Shape>, c: &Chart, p: &Panel, x0: i32) {
         let max_w = col_ws[col] - SWATCH_W - 8 - 4;
         let mut t = text(
             ex + SWATCH_W + 8,
-            ey + 4 + SWATCH_H / 2 + CAP_H * S / 2,
+            ey + 4 + SWATCH_H / 2 + CAP_H * legend_s / 2,
             &series.name,
-            S,
+            legend_s,
             Anchor::Start,
             false,
             max_w,

@@ -23,7 +23,7 @@ use clap::Args;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::bench_run::{Send, StepReport, Target, run_step};
 
@@ -101,6 +101,10 @@ pub struct CompareArgs {
     /// Print one JSON object as the last stdout line.
     #[arg(long)]
     pub json: bool,
+    /// Run nothing: print the table (and `--chart`) of a report saved from an earlier `--json` run
+    /// (the file's last line).
+    #[arg(long)]
+    pub replot: Option<PathBuf>,
 }
 
 /// How a contender is started.
@@ -144,7 +148,7 @@ pub fn des_policy(contender: &str) -> Option<&'static str> {
 }
 
 /// One (contender, QPS) row, latencies in model time.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct CompareRow {
     /// Contender name.
     pub contender: String,
@@ -157,7 +161,7 @@ pub struct CompareRow {
 }
 
 /// The DES's figures for one point.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DesPoint {
     /// The DES policy.
     pub policy: String,
@@ -174,7 +178,7 @@ pub struct DesPoint {
 }
 
 /// A contender that did not run, and why.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Skipped {
     /// Contender name.
     pub contender: String,
@@ -183,7 +187,7 @@ pub struct Skipped {
 }
 
 /// The agreement of real time and DES at one QPS.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Validation {
     /// Offered QPS (model time).
     pub qps: f64,
@@ -205,7 +209,7 @@ pub struct Validation {
 }
 
 /// The whole comparison.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct CompareReport {
     /// Scenario name.
     pub scenario: String,
@@ -231,8 +235,28 @@ pub struct CompareReport {
 pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.replicas > 0, "--replicas must be at least 1");
     anyhow::ensure!(args.time_scale.is_finite() && args.time_scale > 0.0, "--time-scale must be positive");
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
-    let report = rt.block_on(compare(&args))?;
+    let report = match &args.replot {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let last = text.lines().rev().find(|l| l.starts_with('{')).context("no JSON report line in the file")?;
+            serde_json::from_str(last)
+                .with_context(|| format!("{}: not an igw bench compare report", path.display()))?
+        }
+        None => {
+            let rt =
+                tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+            rt.block_on(async {
+                // On Ctrl-C or SIGTERM the comparison is dropped, which stops its child processes.
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .context("installing the SIGTERM handler")?;
+                tokio::select! {
+                    r = compare(&args) => r,
+                    _ = tokio::signal::ctrl_c() => bail!("interrupted; the contenders were stopped"),
+                    _ = term.recv() => bail!("terminated; the contenders were stopped"),
+                }
+            })?
+        }
+    };
     print!("{}", markdown(&report));
     if let Some(prefix) = &args.chart {
         super::bench::write_chart(&chart(&report), prefix)?;

@@ -71,7 +71,7 @@ pub struct RunArgs {
 }
 
 /// One QPS step's results.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
 pub struct StepReport {
     /// Offered QPS.
     pub qps: f64,
