@@ -107,6 +107,31 @@ pub struct StepReport {
     pub output_tokens_per_min: f64,
 }
 
+impl StepReport {
+    /// The step as Markdown table cells (without the outer pipes): QPS, sent, attempted, completed,
+    /// rejected, failed, timeouts, p50 / p90 TTFT, p90 ITL, p90 TPOT, p50 / p90 e2e, output tok/min.
+    pub fn cells(&self) -> String {
+        let t = self;
+        format!(
+            "{:.1} | {:.1} | {} | {} | {} | {} | {} | {:.0} / {:.0} | {:.1} | {:.1} | {:.0} / {:.0} | {:.0}",
+            t.qps,
+            t.sent_qps,
+            t.attempted,
+            t.completed,
+            t.rejected,
+            t.failed,
+            t.timeouts,
+            t.p50_ttft_ms,
+            t.p90_ttft_ms,
+            t.p90_itl_ms,
+            t.p90_tpot_ms,
+            t.p50_e2e_ms,
+            t.p90_e2e_ms,
+            t.output_tokens_per_min
+        )
+    }
+}
+
 /// The whole run.
 #[derive(Debug, Serialize)]
 pub struct RunReport {
@@ -159,23 +184,7 @@ pub fn markdown(r: &RunReport) -> String {
     s.push_str("| QPS | sent | attempted | completed | rejected | failed | timeouts | p50 / p90 TTFT ms | p90 ITL ms | p90 TPOT ms | p50 / p90 e2e ms | output tok/min |\n");
     s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for t in &r.steps {
-        s.push_str(&format!(
-            "| {:.1} | {:.1} | {} | {} | {} | {} | {} | {:.0} / {:.0} | {:.1} | {:.1} | {:.0} / {:.0} | {:.0} |\n",
-            t.qps,
-            t.sent_qps,
-            t.attempted,
-            t.completed,
-            t.rejected,
-            t.failed,
-            t.timeouts,
-            t.p50_ttft_ms,
-            t.p90_ttft_ms,
-            t.p90_itl_ms,
-            t.p90_tpot_ms,
-            t.p50_e2e_ms,
-            t.p90_e2e_ms,
-            t.output_tokens_per_min
-        ));
+        s.push_str(&format!("| {} |\n", t.cells()));
     }
     s
 }
