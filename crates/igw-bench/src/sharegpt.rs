@@ -88,21 +88,32 @@ pub fn first_turns(text: &[u8]) -> Result<(Vec<(String, String)>, usize), BenchE
     Ok((out, parsed))
 }
 
-/// Parses the dataset text with `counter`, tolerating a truncated tail, and applies the length filter.
-pub fn parse_with(text: &[u8], counter: &Counter, label: &str) -> Result<ShareGptLengths, BenchError> {
-    let (turns, parsed) = first_turns(text)?;
-    let mut out = ShareGptLengths { pairs: Vec::new(), parsed, two_turns: turns.len(), counter: label.into() };
+/// (index into `turns`, prompt tokens, output tokens) of the pairs whose both turns are
+/// `MIN_TOKENS..=MAX_TOKENS` tokens, counted in bounded batches (a real tokenizer encodes each batch
+/// in parallel); an error when none is kept.
+fn kept(turns: &[(String, String)], counter: &Counter) -> Result<Vec<(usize, u32, u32)>, BenchError> {
     let keep = |n: u32| (MIN_TOKENS..=MAX_TOKENS).contains(&n);
-    // Bounded batches: a real tokenizer encodes each batch in parallel.
-    for chunk in turns.chunks(1024) {
+    let mut out = Vec::new();
+    for (c, chunk) in turns.chunks(1024).enumerate() {
         let texts: Vec<&str> = chunk.iter().flat_map(|(h, g)| [h.as_str(), g.as_str()]).collect();
         let counts = counter.count_all(&texts)?;
-        out.pairs.extend(counts.chunks_exact(2).map(|c| (c[0], c[1])).filter(|(i, o)| keep(*i) && keep(*o)));
+        for (k, n) in counts.chunks_exact(2).enumerate() {
+            if keep(n[0]) && keep(n[1]) {
+                out.push((c * 1024 + k, n[0], n[1]));
+            }
+        }
     }
-    if out.pairs.is_empty() {
+    if out.is_empty() {
         return Err(BenchError::ShareGpt("no usable conversation".into()));
     }
     Ok(out)
+}
+
+/// Parses the dataset text with `counter`, tolerating a truncated tail, and applies the length filter.
+pub fn parse_with(text: &[u8], counter: &Counter, label: &str) -> Result<ShareGptLengths, BenchError> {
+    let (turns, parsed) = first_turns(text)?;
+    let pairs = kept(&turns, counter)?.into_iter().map(|(_, i, o)| (i, o)).collect();
+    Ok(ShareGptLengths { pairs, parsed, two_turns: turns.len(), counter: label.into() })
 }
 
 /// A kept conversation with its text: what a real-time client sends (`igw bench run --sharegpt-file`).
@@ -119,22 +130,16 @@ pub struct TextPair {
 /// The kept pairs of a ShareGPT file (truncated or valid JSON) with their prompt texts, in file
 /// order, counted with `counter` and filtered as [`parse_with`] does.
 pub fn text_pairs(text: &[u8], counter: &Counter) -> Result<Vec<TextPair>, BenchError> {
-    let (turns, _) = first_turns(text)?;
-    let keep = |n: u32| (MIN_TOKENS..=MAX_TOKENS).contains(&n);
-    let mut out = Vec::new();
-    for chunk in turns.chunks(1024) {
-        let texts: Vec<&str> = chunk.iter().flat_map(|(h, g)| [h.as_str(), g.as_str()]).collect();
-        let counts = counter.count_all(&texts)?;
-        for ((prompt, _), c) in chunk.iter().zip(counts.chunks_exact(2)) {
-            if keep(c[0]) && keep(c[1]) {
-                out.push(TextPair { prompt: prompt.clone(), prompt_tokens: c[0], output_tokens: c[1] });
-            }
-        }
-    }
-    if out.is_empty() {
-        return Err(BenchError::ShareGpt("no usable conversation".into()));
-    }
-    Ok(out)
+    let (mut turns, _) = first_turns(text)?;
+    let kept = kept(&turns, counter)?;
+    Ok(kept
+        .into_iter()
+        .map(|(k, prompt_tokens, output_tokens)| TextPair {
+            prompt: std::mem::take(&mut turns[k].0),
+            prompt_tokens,
+            output_tokens,
+        })
+        .collect())
 }
 
 /// Parses the dataset text with ⌈characters / 4⌉ token counts.

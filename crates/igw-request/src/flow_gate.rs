@@ -304,15 +304,17 @@ impl FlowGate {
         let t0 = std::time::Instant::now();
         let now = self.clock.now();
         let snapshot = self.datastore.snapshot();
-        let in_flight: u64 = snapshot.endpoints.iter().map(|e| e.in_flight().requests()).sum();
-        // Per endpoint: (waiting incl. unseen in-flight, kv, stale).
+        // Per endpoint: (waiting incl. unseen in-flight, kv, stale); and igw's in-flight total.
+        let mut in_flight = 0u64;
         let loads: Vec<(f64, f64, bool)> = snapshot
             .endpoints
             .iter()
             .map(|e| {
                 let m = e.metrics();
                 let stale = m.is_stale(now, self.detector.staleness);
-                let waiting = f64::from(m.waiting) + f64::from(unseen_in_flight(e.in_flight().requests(), &m));
+                let mine = e.in_flight().requests();
+                in_flight += mine;
+                let waiting = f64::from(m.waiting) + f64::from(unseen_in_flight(mine, &m));
                 (waiting, m.kv_usage, stale)
             })
             .collect();

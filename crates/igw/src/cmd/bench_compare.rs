@@ -70,7 +70,8 @@ pub struct CompareArgs {
     /// Contenders to run, in order (default: all of them).
     #[arg(long, value_delimiter = ',')]
     pub contenders: Vec<String>,
-    /// Seed of arrivals and workload (the same for every contender).
+    /// Seed of the arrival times (the same for every contender); the workload's own seed (lengths,
+    /// prefix groups) stays the scenario's.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Client timeout per request (wall clock).
@@ -580,24 +581,22 @@ fn start(
             c.arg(free_port()?.to_string());
             procs.children.push(("envoy".into(), spawn(&mut c, "envoy-epp", log_dir)?));
         }
-        Kind::Sglang(policy) => {
-            let mut c = Command::new(venv.join("bin/python"));
-            c.args(["-m", "sglang_router.launch_router", "--host", "127.0.0.1", "--port", &port.to_string()])
-                .arg("--worker-urls")
-                .args(&worker_urls)
-                .args(["--policy", policy, "--prometheus-host", "127.0.0.1"])
-                .args(["--prometheus-port", &free_port()?.to_string()])
-                .args(["--worker-startup-check-interval", "1", "--log-level", "warn"]);
-            procs.children.push((name.into(), spawn(&mut c, name, log_dir)?));
-        }
-        Kind::Vllm(policy) => {
-            let mut c = Command::new(venv.join("bin/vllm-router"));
+        Kind::Sglang(policy) | Kind::Vllm(policy) => {
+            // The two routers share their launcher flags; only the entry point and a log level name differ.
+            let (mut c, log_level) = match kind {
+                Kind::Sglang(_) => {
+                    let mut c = Command::new(venv.join("bin/python"));
+                    c.args(["-m", "sglang_router.launch_router"]);
+                    (c, "warn")
+                }
+                _ => (Command::new(venv.join("bin/vllm-router")), "warning"),
+            };
             c.args(["--host", "127.0.0.1", "--port", &port.to_string()])
                 .arg("--worker-urls")
                 .args(&worker_urls)
                 .args(["--policy", policy, "--prometheus-host", "127.0.0.1"])
                 .args(["--prometheus-port", &free_port()?.to_string()])
-                .args(["--worker-startup-check-interval", "1", "--log-level", "warning"]);
+                .args(["--worker-startup-check-interval", "1", "--log-level", log_level]);
             procs.children.push((name.into(), spawn(&mut c, name, log_dir)?));
         }
     }
