@@ -45,6 +45,7 @@ struct PoolFileSpec {
     policy: Option<Spanned<String>>,
     scheduler_config_file: Option<Spanned<String>>,
     scheduler_config: Option<Spanned<EndpointPickerConfig>>,
+    flow_control: Option<Spanned<igw_sched::flow::FlowControlConfig>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,9 +147,30 @@ fn scheduler_for(
     if given.iter().filter(|g| **g).count() > 1 {
         bail!("line {line}: pool {name:?}: set at most one of policy, schedulerConfigFile, schedulerConfig");
     }
+    // A pool's own `flowControl` section goes with a named policy; an EndpointPickerConfig carries
+    // its own section behind its feature gate.
+    if let Some(f) = &pool.flow_control
+        && (pool.scheduler_config_file.is_some() || pool.scheduler_config.is_some())
+    {
+        bail!(
+            "line {}: pool {name:?}: flowControl goes with policy; with an EndpointPickerConfig, use its flowControl \
+             section and featureGates: [flowControl]",
+            at(f)
+        );
+    }
+    let named_flow = |policy: &str| -> anyhow::Result<(Option<igw_sched::flow::FlowConfig>, String)> {
+        let Some(f) = &pool.flow_control else { return Ok((None, String::new())) };
+        let cfg = f
+            .value
+            .resolve(&igw_sched::flow::FlowConfig::igw(), None)
+            .map_err(|e| anyhow!("line {}: pool {name:?}: flowControl: {e}", at(f)))?;
+        Ok((Some(cfg), format!(" with flowControl {:?} on {policy}", f.value)))
+    };
     if let Some(p) = &pool.policy {
         let s = Scheduler::from_policy(&p.value).map_err(|e| anyhow!("line {}: pool {name:?}: policy: {e}", at(p)))?;
-        return Ok((s, format!("policy {}", p.value), format!("policy {}", p.value), None));
+        let (flow, key) = named_flow(&p.value)?;
+        let source = format!("policy {}{}", p.value, if flow.is_some() { " with flowControl" } else { "" });
+        return Ok((s, source, format!("policy {}{key}", p.value), flow));
     }
     if let Some(f) = &pool.scheduler_config_file {
         let path = base_dir.join(&f.value);
@@ -176,7 +198,9 @@ fn scheduler_for(
         return Ok((s, "schedulerConfig (inline)".to_string(), format!("{:?}", c.value), flow));
     }
     let s = Scheduler::from_policy(default_policy).context("--policy")?;
-    Ok((s, format!("policy {default_policy}"), format!("policy {default_policy}"), None))
+    let (flow, key) = named_flow(default_policy)?;
+    let source = format!("policy {default_policy}{}", if flow.is_some() { " with flowControl" } else { "" });
+    Ok((s, source, format!("policy {default_policy}{key}"), flow))
 }
 
 /// Parses and validates a configuration file's `text`; `path` locates relative scheduler config
@@ -430,6 +454,24 @@ rewrites:
     - modelRewrite: llama-v2
       weight: 10
 ";
+
+    #[test]
+    fn a_flow_control_section_goes_with_a_named_policy_only() {
+        let named = "pools:\n- name: p\n  endpoints: [10.0.0.1:8000]\n  policy: igw\n  flowControl:\n    defaultRequestTTL: 5s\n    lowerBandMaxConcurrency: 65\n";
+        let plan = parse(named, Path::new("gw.yaml"), "igw").unwrap();
+        let flow = plan.pools[0].flow.clone().unwrap();
+        assert_eq!((flow.default_ttl, flow.batch_holdback), (Some(std::time::Duration::from_secs(5)), Some(65.0)));
+        // The default policy takes the section too; the key changes with it, so a reload rebuilds the pool.
+        let default = named.replace("  policy: igw\n", "");
+        let plan2 = parse(&default, Path::new("gw.yaml"), "igw").unwrap();
+        assert!(plan2.pools[0].flow.is_some());
+        let without = parse(&named.replace("    lowerBandMaxConcurrency: 65\n", ""), Path::new("gw.yaml"), "igw").unwrap();
+        assert_ne!(plan.pools[0].scheduler_key, without.pools[0].scheduler_key);
+        let e = err(&format!("{named}  schedulerConfig:\n    plugins:\n    - type: queue-scorer\n").replace("  policy: igw\n", ""));
+        assert!(e.contains("line 5") && e.contains("flowControl goes with policy"), "{e}");
+        let e = err(&named.replace("5s", "soon"));
+        assert!(e.contains("soon"), "{e}");
+    }
 
     #[test]
     fn a_complete_file_loads() {

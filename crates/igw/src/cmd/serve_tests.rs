@@ -390,6 +390,36 @@ async fn a_pool_with_the_flow_control_gate_queues_through_its_gate() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_policy_with_a_flow_control_section_queues_by_the_objective_priority() {
+    let f = fleet("m", "127.0.0.1", 0.02).await;
+    let dir = temp_dir("namedflow");
+    let path = dir.join("gateway.yaml");
+    let text = format!(
+        "pools:\n- name: gated\n  endpoints: [{}]\n  models: [m]\n  policy: igw\n  flowControl:\n    defaultRequestTTL: 30s\nobjectives:\n- name: critical\n  priority: 10\n",
+        f.addrs()[0]
+    );
+    write_atomically(&path, &text);
+    let plan = gateway_config::load(&path, "igw").unwrap();
+    let flow = plan.pools[0].flow.clone().expect("the section turns flow control on");
+    assert_eq!(flow.default_ttl, Some(Duration::from_secs(30)));
+    assert_eq!(flow.default_band.fairness, igw_sched::flow::FairnessPolicy::Vtc, "igw's defaults fill the rest");
+    assert_eq!(plan.pools[0].scheduler_source, "policy igw with flowControl");
+    let s = start(Source::Config(path.clone(), plan)).await;
+    let resp = send(s.addr, "POST", "/v1/completions", &[("x-gateway-inference-objective", "critical")], &completion("m", 2))
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let _ = resp.into_body().collect().await.unwrap();
+    let metrics = get_text(s.admin_addr, "/metrics").await;
+    assert!(
+        metrics.contains("inference_extension_flow_control_request_queue_duration_seconds_count{fairness_id=\"default-flow\",inference_pool=\"gated\",model_name=\"m\",outcome=\"Dispatched\",priority=\"10\",target_model_name=\"m\"} 1"),
+        "{metrics}"
+    );
+    s.shutdown().await;
+    f.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[tokio::test]
 async fn a_kubernetes_pool_without_a_cluster_is_a_clear_error() {
     // No in-cluster environment and no kubeconfig here: discovery cannot start, and says so.
