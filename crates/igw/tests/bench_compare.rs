@@ -88,8 +88,57 @@ fn runs_each_contender_over_its_own_fleet_and_sets_the_des_beside() {
     let _ = std::fs::remove_dir_all(&logs);
 }
 
+#[test]
+fn a_class_scenario_sends_every_class_as_the_des_draws_it() {
+    let envoy = envoy();
+    let mut contenders = vec!["igw+flow", "igw-random"];
+    if envoy.is_some() {
+        contenders.push("envoy+igw-epp");
+    }
+    let logs = tempdir_named("classes");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_igw"));
+    cmd.args(["bench", "compare", "--scenario", "priority-overload", "--replicas", "1", "--qps", "10"])
+        .args(["--duration", "1s", "--time-scale", "0.2", "--contenders", &contenders.join(",")])
+        .arg("--log-dir")
+        .arg(&logs)
+        .arg("--json");
+    if let Some(e) = &envoy {
+        cmd.arg("--envoy-bin").arg(e);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), contenders.len(), "{v}");
+    for row in rows {
+        let real = row["by_class"].as_object().unwrap();
+        let des = row["des"]["by_class"].as_object().unwrap();
+        assert_eq!(real.keys().collect::<Vec<_>>(), ["critical", "sheddable", "standard"], "{row}");
+        let mut total = 0;
+        for (class, c) in real {
+            let d = &des[class];
+            let des_attempted =
+                ["completed", "rejected", "timeouts"].iter().map(|k| d[k].as_u64().unwrap()).sum::<u64>();
+            assert_eq!(c["attempted"].as_u64().unwrap(), des_attempted, "the same requests per class: {row}");
+            assert!(c["attempted"].as_u64().unwrap() > 0, "{row}");
+            total += c["attempted"].as_u64().unwrap();
+        }
+        assert_eq!(total, row["attempted"].as_u64().unwrap(), "every request has its class: {row}");
+    }
+    assert!(stdout.contains("| igw+flow | 10.0 | critical |"), "the per-class table: {stdout}");
+    // The igw contenders were configured with the scenario's objectives and, for igw+flow, its TTL.
+    let cfg = std::fs::read_to_string(logs.join("igw_flow.gateway.yaml")).unwrap();
+    assert!(cfg.contains("defaultRequestTTL: 30000ms") && cfg.contains("priority: -1"), "{cfg}");
+    let _ = std::fs::remove_dir_all(&logs);
+}
+
 fn tempdir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("igw-bench-compare-{}", std::process::id()));
+    tempdir_named("main")
+}
+
+fn tempdir_named(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("igw-bench-compare-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d
 }

@@ -12,6 +12,7 @@
 //! DES runs the same scenario, replicas and QPS for every contender whose policy it models, and the
 //! report states how far the two disagree.
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -44,6 +45,10 @@ pub const CONTENDERS: &[&str] = &[
     "vllm-router-round-robin",
     "vllm-router-cache-aware",
 ];
+
+/// Contenders that run by default only when the scenario has traffic classes: `igw serve` with
+/// flow control (the scenario's `flow` TTL and limits), which only matters when priorities differ.
+pub const CLASS_CONTENDERS: &[&str] = &["igw+flow"];
 
 /// Flags of `igw bench compare`.
 #[derive(Args, Debug)]
@@ -112,7 +117,8 @@ pub struct CompareArgs {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Kind {
     EnvoyRoundRobin,
-    IgwServe(&'static str),
+    /// `igw serve` with a policy, with or without flow control.
+    IgwServe(&'static str, bool),
     EnvoyEpp,
     Sglang(&'static str),
     Vllm(&'static str),
@@ -121,16 +127,19 @@ enum Kind {
 fn kind(name: &str) -> anyhow::Result<Kind> {
     Ok(match name {
         "envoy-round-robin" => Kind::EnvoyRoundRobin,
-        "igw" => Kind::IgwServe("igw"),
-        "igw-random" => Kind::IgwServe("random"),
-        "igw-upstream-default" => Kind::IgwServe("upstream-default"),
-        "igw-legacy-filter-tree" => Kind::IgwServe("legacy-filter-tree"),
+        "igw" => Kind::IgwServe("igw", false),
+        "igw+flow" => Kind::IgwServe("igw", true),
+        "igw-random" => Kind::IgwServe("random", false),
+        "igw-upstream-default" => Kind::IgwServe("upstream-default", false),
+        "igw-legacy-filter-tree" => Kind::IgwServe("legacy-filter-tree", false),
         "envoy+igw-epp" => Kind::EnvoyEpp,
         "sglang-router-cache-aware" => Kind::Sglang("cache_aware"),
         "sglang-router-power-of-two" => Kind::Sglang("power_of_two"),
         "vllm-router-round-robin" => Kind::Vllm("round_robin"),
         "vllm-router-cache-aware" => Kind::Vllm("cache_aware"),
-        other => bail!("unknown contender {other:?} (known: {})", CONTENDERS.join(", ")),
+        other => {
+            bail!("unknown contender {other:?} (known: {}, {})", CONTENDERS.join(", "), CLASS_CONTENDERS.join(", "))
+        }
     })
 }
 
@@ -140,6 +149,7 @@ pub fn des_policy(contender: &str) -> Option<&'static str> {
         "envoy-round-robin" | "vllm-router-round-robin" => "round-robin",
         "igw-random" => "random",
         "igw" | "envoy+igw-epp" => "igw",
+        "igw+flow" => "igw+flow",
         "igw-upstream-default" => "upstream-default",
         "igw-legacy-filter-tree" => "legacy-filter-tree",
         "sglang-router-cache-aware" => "sglang-cache-aware",
@@ -176,6 +186,22 @@ pub struct DesPoint {
     pub p90_e2e_ms: f64,
     /// Completed output tokens per minute.
     pub output_tokens_per_min: f64,
+    /// Per class (scenarios with classes): rejected requests and p90 e2e.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_class: BTreeMap<String, DesClass>,
+}
+
+/// The DES's figures for one class at one point.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DesClass {
+    /// Completed requests.
+    pub completed: u64,
+    /// Answered 429/503 by the gateway.
+    pub rejected: u64,
+    /// Abandoned by the client.
+    pub timeouts: u64,
+    /// p90 e2e of completed requests, ms.
+    pub p90_e2e_ms: f64,
 }
 
 /// A contender that did not run, and why.
@@ -318,13 +344,21 @@ fn fleet_config(sc: &igw_bench::scenario::Scenario, time_scale: f64) -> anyhow::
 const MODEL: &str = "meta-llama/Llama-2-7b-hf";
 
 async fn compare(args: &CompareArgs) -> anyhow::Result<CompareReport> {
+    let sc = scenario(args)?;
     let names: Vec<String> = if args.contenders.is_empty() {
-        CONTENDERS.iter().map(|s| (*s).to_string()).collect()
+        let extra = if sc.classes.is_empty() { &[][..] } else { CLASS_CONTENDERS };
+        CONTENDERS.iter().chain(extra).map(|s| (*s).to_string()).collect()
     } else {
         args.contenders.clone()
     };
     let kinds = names.iter().map(|n| kind(n)).collect::<anyhow::Result<Vec<_>>>()?;
-    let sc = scenario(args)?;
+    if kinds.iter().any(|k| matches!(k, Kind::IgwServe(_, true))) && sc.flow.holdback.is_some() {
+        bail!(
+            "scenario {}: flow.holdback (upstream's priority-holdback plugin) has no igw serve flowControl form; \
+             drop igw+flow from --contenders",
+            sc.name
+        );
+    }
     let generator = igw_bench::cluster::generator(&sc)?;
     let capacity = igw_bench::cluster::capacity_qps(&sc, &generator)?;
     let ladder: Vec<f64> = if args.qps.is_empty() {
@@ -357,7 +391,7 @@ async fn compare(args: &CompareArgs) -> anyhow::Result<CompareReport> {
             .await
             .context("starting the simulated fleet")?;
         let addrs: Vec<String> = fleet.addrs().iter().map(ToString::to_string).collect();
-        let started = start(kind, name, &addrs, &igw_bin, &envoy_bin, &args.peers_venv, &args.log_dir);
+        let started = start(kind, name, &addrs, &sc, &igw_bin, &envoy_bin, &args.peers_venv, &args.log_dir);
         let result = match started {
             Ok(mut procs) => {
                 let r = drive(args, name, &procs.url, &ladder, &sc, &generator).await;
@@ -396,6 +430,22 @@ async fn compare(args: &CompareArgs) -> anyhow::Result<CompareReport> {
                 p90_tpot_ms: r.p90_tpot_ms,
                 p90_e2e_ms: r.p90_e2e_ms,
                 output_tokens_per_min: r.output_tokens_per_min,
+                by_class: if sc.classes.is_empty() {
+                    BTreeMap::new()
+                } else {
+                    r.by_class
+                        .iter()
+                        .map(|(k, c)| {
+                            let d = DesClass {
+                                completed: c.completed,
+                                rejected: c.rejected,
+                                timeouts: c.timeouts,
+                                p90_e2e_ms: c.p90_e2e_ms,
+                            };
+                            (k.clone(), d)
+                        })
+                        .collect()
+                },
             };
             cache.push((policy.into(), row.step.qps, d.clone()));
             row.des = Some(d);
@@ -526,6 +576,32 @@ static_resources:
     )
 }
 
+/// The `igw serve --config` file of an igw contender: one pool over the fleet with `policy`, the
+/// scenario's classes as objectives, and with `flow` a flowControl section carrying the scenario's
+/// TTL, fairness policy and lower-band concurrency limit (as the DES's `igw+flow` policy).
+pub fn serve_config(addrs: &[String], policy: &str, flow: bool, sc: &igw_bench::scenario::Scenario) -> String {
+    let mut s = format!("pools:\n- name: compare\n  endpoints: [{}]\n  policy: {policy}\n", addrs.join(", "));
+    if flow {
+        s.push_str(&format!(
+            "  flowControl:\n    defaultRequestTTL: {}ms\n",
+            (sc.flow.ttl_s.unwrap_or(30.0) * 1000.0).round()
+        ));
+        if let Some(n) = sc.flow.lower_band_max_concurrency {
+            s.push_str(&format!("    lowerBandMaxConcurrency: {n}\n"));
+        }
+        if let Some(f) = &sc.flow.fairness {
+            s.push_str(&format!("    defaultPriorityBand:\n      fairnessPolicyRef: {f}\n"));
+        }
+    }
+    if !sc.classes.is_empty() {
+        s.push_str("objectives:\n");
+        for c in &sc.classes {
+            s.push_str(&format!("- name: {:?}\n  priority: {}\n", c.name, c.priority));
+        }
+    }
+    s
+}
+
 fn envoy_epp_config(listen: u16, admin: u16, epp: u16) -> anyhow::Result<String> {
     let template = include_str!("../../../../deploy/envoy/extproc-plaintext.yaml");
     let text = template
@@ -536,10 +612,12 @@ fn envoy_epp_config(listen: u16, admin: u16, epp: u16) -> anyhow::Result<String>
     Ok(text)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn start(
     kind: &Kind,
     name: &str,
     addrs: &[String],
+    sc: &igw_bench::scenario::Scenario,
     igw: &Path,
     envoy: &Path,
     venv: &Path,
@@ -558,11 +636,14 @@ fn start(
             c.arg(free_port()?.to_string());
             procs.children.push((name.into(), spawn(&mut c, name, log_dir)?));
         }
-        Kind::IgwServe(policy) => {
+        Kind::IgwServe(policy, flow) => {
+            let cfg = log_dir.join(format!("{}.gateway.yaml", name.replace('+', "_")));
+            std::fs::write(&cfg, serve_config(addrs, policy, *flow, sc))?;
             let mut c = Command::new(igw);
             c.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
                 .args(["--admin-listen", &format!("127.0.0.1:{}", free_port()?)])
-                .args(["--endpoints", &endpoints, "--policy", policy])
+                .arg("--config")
+                .arg(&cfg)
                 .env("RUST_LOG", "warn");
             procs.children.push((name.into(), spawn(&mut c, name, log_dir)?));
         }
@@ -573,6 +654,9 @@ fn start(
                 .args(["--grpc-port", &grpc.to_string(), "--grpc-health-port", &health.to_string()])
                 .args(["--metrics-port", &metrics.to_string(), "--endpoints", &endpoints])
                 .env("RUST_LOG", "warn");
+            for c in &sc.classes {
+                e.arg("--objective").arg(format!("{}={}", c.name, c.priority));
+            }
             procs.children.push(("igw epp".into(), spawn(&mut e, "igw-epp", log_dir)?));
             let cfg = log_dir.join("envoy-epp.yaml");
             std::fs::write(&cfg, envoy_epp_config(port, free_port()?, grpc)?)?;
@@ -618,12 +702,14 @@ async fn drive(
     let target = Target::new(url, MODEL, args.timeout);
     let mut steps = Vec::with_capacity(ladder.len());
     let mut id = 0u64;
+    // The DES's class of each request, sent as its objective and fairness id.
+    let classes = super::bench_run::WireClass::of(sc);
     for &qps in ladder {
         let sends: Vec<Send> = igw_bench::cluster::point_arrivals(sc, generator, qps)
             .into_iter()
             .map(|a| {
                 id += 1;
-                Send { at: a.at * args.time_scale, spec: a.spec, id, text: None }
+                Send { at: a.at * args.time_scale, spec: a.spec, id, text: None, class: classes.get(a.class).cloned() }
             })
             .collect();
         let mut s = run_step(&target, qps / args.time_scale, args.duration, sends).await;
@@ -644,12 +730,18 @@ pub fn to_model_time(s: &mut StepReport, time_scale: f64) {
     for v in [
         &mut s.p50_ttft_ms,
         &mut s.p90_ttft_ms,
+        &mut s.p50_itl_ms,
         &mut s.p90_itl_ms,
+        &mut s.p50_tpot_ms,
         &mut s.p90_tpot_ms,
         &mut s.p50_e2e_ms,
         &mut s.p90_e2e_ms,
     ] {
         *v /= time_scale;
+    }
+    for c in s.by_class.values_mut() {
+        c.p90_ttft_ms /= time_scale;
+        c.p90_e2e_ms /= time_scale;
     }
     s.output_tokens_per_min *= time_scale;
 }
@@ -746,6 +838,34 @@ pub fn markdown(r: &CompareReport) -> String {
         );
         s.push_str(&format!("| {} | {} | {des} |\n", row.contender, t.cells()));
     }
+    if r.rows.iter().any(|row| !row.step.by_class.is_empty()) {
+        s.push_str("\nPer traffic class (objective and fairness id sent as headers; peers ignore them):\n\n");
+        s.push_str("| contender | QPS | class | attempted | completed | rejected | failed | timeouts | p90 TTFT ms | p90 e2e ms | token share | DES completed / rejected / p90 e2e ms |\n");
+        s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        let mut rows: Vec<&CompareRow> = r.rows.iter().collect();
+        rows.sort_by(|a, b| a.step.qps.total_cmp(&b.step.qps));
+        for row in rows {
+            for (name, c) in &row.step.by_class {
+                let des = row.des.as_ref().and_then(|d| d.by_class.get(name)).map_or_else(
+                    || "–".to_string(),
+                    |d| format!("{} / {} / {:.0}", d.completed, d.rejected + d.timeouts, d.p90_e2e_ms),
+                );
+                s.push_str(&format!(
+                    "| {} | {:.1} | {name} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.3} | {des} |\n",
+                    row.contender,
+                    row.step.qps,
+                    c.attempted,
+                    c.completed,
+                    c.rejected,
+                    c.failed,
+                    c.timeouts,
+                    c.p90_ttft_ms,
+                    c.p90_e2e_ms,
+                    c.share
+                ));
+            }
+        }
+    }
     for k in &r.skipped {
         s.push_str(&format!("\nskipped {}: {}\n", k.contender, k.reason));
     }
@@ -783,16 +903,47 @@ mod tests {
     }
 
     #[test]
+    fn an_igw_contender_is_configured_with_the_scenarios_objectives_and_flow() {
+        let sc = igw_bench::scenario::Scenario::builtin("priority-overload").unwrap();
+        let addrs = ["127.0.0.1:8001".to_string(), "127.0.0.1:8002".to_string()];
+        let text = serve_config(&addrs, "igw", true, &sc);
+        let plan = super::super::gateway_config::parse(&text, Path::new("c.yaml"), "random").unwrap();
+        assert_eq!(plan.pools[0].endpoints.len(), 2);
+        assert_eq!(plan.pools[0].scheduler_source, "policy igw with flowControl", "{text}");
+        assert_eq!(plan.pools[0].flow.as_ref().unwrap().default_ttl, Some(Duration::from_secs(30)));
+        let prios: Vec<(String, i32)> = plan.objectives.iter().map(|o| (o.id.name.clone(), o.priority)).collect();
+        assert_eq!(prios, [("critical".into(), 10), ("standard".into(), 0), ("sheddable".into(), -1)]);
+        let plain = super::super::gateway_config::parse(
+            &serve_config(&addrs, "random", false, &sc),
+            Path::new("c.yaml"),
+            "igw",
+        )
+        .unwrap();
+        assert!(plain.pools[0].flow.is_none() && plain.objectives.len() == 3);
+        // A scenario without classes declares no objectives.
+        let shared = igw_bench::scenario::Scenario::builtin("shared-prefix").unwrap();
+        assert!(!serve_config(&addrs, "igw", false, &shared).contains("objectives"));
+    }
+
+    #[test]
     fn model_time_divides_latencies_and_multiplies_rates() {
         let mut s = StepReport {
             sent_qps: 5.0,
             p90_e2e_ms: 100.0,
             p90_tpot_ms: 2.0,
+            p50_itl_ms: 1.0,
+            p50_tpot_ms: 1.5,
             output_tokens_per_min: 600.0,
             ..Default::default()
         };
+        s.by_class.insert(
+            "critical".into(),
+            super::super::bench_run::ClassStep { p90_e2e_ms: 50.0, p90_ttft_ms: 5.0, ..Default::default() },
+        );
         to_model_time(&mut s, 0.5);
         assert_eq!((s.sent_qps, s.p90_e2e_ms, s.p90_tpot_ms, s.output_tokens_per_min), (2.5, 200.0, 4.0, 300.0));
+        assert_eq!((s.p50_itl_ms, s.p50_tpot_ms), (2.0, 3.0), "every latency, the medians too");
+        assert_eq!((s.by_class["critical"].p90_e2e_ms, s.by_class["critical"].p90_ttft_ms), (100.0, 10.0));
     }
 
     fn row(c: &str, q: f64, real: f64, des: f64) -> CompareRow {
@@ -806,6 +957,7 @@ mod tests {
                 p90_tpot_ms: des / 100.0,
                 p90_e2e_ms: des,
                 output_tokens_per_min: 0.0,
+                by_class: BTreeMap::new(),
             }),
         }
     }

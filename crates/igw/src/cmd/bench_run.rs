@@ -7,6 +7,7 @@
 //! e2e. Every request is accounted for: completed, rejected (429/503), failed (other status or
 //! transport error) or timed out.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -105,6 +106,54 @@ pub struct StepReport {
     pub p90_e2e_ms: f64,
     /// Output tokens of completed requests per minute of the step.
     pub output_tokens_per_min: f64,
+    /// Per traffic class, when the requests carried one (scenarios with `classes`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_class: BTreeMap<String, ClassStep>,
+}
+
+/// One traffic class's results in a step.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct ClassStep {
+    /// Requests sent in this class.
+    pub attempted: u64,
+    /// Answered 2xx and fully read.
+    pub completed: u64,
+    /// Answered 429 or 503.
+    pub rejected: u64,
+    /// Other statuses and transport errors.
+    pub failed: u64,
+    /// Not finished within the client timeout.
+    pub timeouts: u64,
+    /// p90 TTFT of completed requests (ms).
+    pub p90_ttft_ms: f64,
+    /// p90 e2e of completed requests (ms).
+    pub p90_e2e_ms: f64,
+    /// This class's fraction of the step's completed output tokens.
+    pub share: f64,
+}
+
+/// A traffic class on the wire: the InferenceObjective a request names and its fairness id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireClass {
+    /// Class name, sent as `x-gateway-inference-objective` (the objective of that name).
+    pub name: String,
+    /// Sent as `x-gateway-inference-fairness-id`.
+    pub fairness_id: String,
+}
+
+impl WireClass {
+    /// The wire form of a scenario's classes; none when the scenario declares no classes.
+    pub fn of(sc: &igw_bench::scenario::Scenario) -> Vec<Arc<WireClass>> {
+        sc.classes
+            .iter()
+            .map(|c| {
+                Arc::new(WireClass {
+                    name: c.name.clone(),
+                    fairness_id: c.fairness_id.clone().unwrap_or_else(|| c.name.clone()),
+                })
+            })
+            .collect()
+    }
 }
 
 impl StepReport {
@@ -192,10 +241,16 @@ pub fn markdown(r: &RunReport) -> String {
 /// Runs every step against `args.url`.
 pub async fn bench(args: &RunArgs) -> anyhow::Result<RunReport> {
     let texts = args.sharegpt_file.as_deref().map(sharegpt_texts).transpose()?;
+    let scenario = igw_bench::scenario::Scenario::builtin(&args.scenario)?;
     let generator = Arc::new(match &texts {
         Some(_) => igw_bench::workload::Generator::new(&igw_bench::workload::WorkloadSpec::LpgFit { seed: 1 }, None)?,
-        None => igw_bench::cluster::generator(&igw_bench::scenario::Scenario::builtin(&args.scenario)?)?,
+        None => igw_bench::cluster::generator(&scenario)?,
     });
+    // Each request belongs to one of the scenario's classes, drawn by its fraction of the load
+    // (its own random stream, so the lengths are those of a run without classes).
+    let classes = WireClass::of(&scenario);
+    let fractions: Vec<f64> = scenario.classes.iter().map(|c| c.fraction).collect();
+    let mut crng = SmallRng::seed_from_u64(args.seed ^ 0x0c1a_55e5);
     let target = Target::new(&args.url, &args.model, args.timeout);
     let mut rng = SmallRng::seed_from_u64(args.seed);
     let mut steps = Vec::new();
@@ -220,13 +275,28 @@ pub async fn bench(args: &RunArgs) -> anyhow::Result<RunReport> {
                     spec.output = spec.output.min(args.max_tokens_cap);
                 }
                 next_id += 1;
-                Send { at, spec, id: next_id, text }
+                let class = pick_class(&classes, &fractions, rand::Rng::random(&mut crng));
+                Send { at, spec, id: next_id, text, class }
             })
             .collect();
         steps.push(run_step(&target, qps, args.duration, sends).await);
     }
     let workload = texts.map_or_else(|| generator.description.clone(), |(_, d)| d);
     Ok(RunReport { url: args.url.clone(), workload, steps })
+}
+
+/// The class whose share of the cumulative `fractions` covers `u` in [0, 1) (the last one when
+/// the fractions sum to less); none without classes.
+pub fn pick_class(classes: &[Arc<WireClass>], fractions: &[f64], u: f64) -> Option<Arc<WireClass>> {
+    let mut acc = 0.0;
+    let i = fractions
+        .iter()
+        .position(|f| {
+            acc += f;
+            u < acc
+        })
+        .unwrap_or(classes.len().saturating_sub(1));
+    classes.get(i).cloned()
 }
 
 /// Where a step's requests go.
@@ -260,6 +330,8 @@ pub struct Send {
     pub id: u64,
     /// The prompt text; else the workload's text for `spec` and `id`.
     pub text: Option<String>,
+    /// The request's traffic class (its objective and fairness headers), if the scenario has classes.
+    pub class: Option<Arc<WireClass>>,
 }
 
 /// Sends one step's requests on schedule (open loop), waits for all of them and summarizes;
@@ -295,19 +367,20 @@ pub async fn run_step(target: &Target, qps: f64, duration: Duration, sends: Vec<
         let (client, url, timeout) = (target.client.clone(), target.completions.clone(), target.timeout);
         let counts = counts.clone();
         counts.sent.fetch_add(1, Ordering::Relaxed);
+        let class = send.class;
         tasks.push(tokio::spawn(async move {
-            let o = one(client, url, body, timeout).await;
+            let o = one(client, url, body, class.as_deref(), timeout).await;
             let n = match o {
                 Outcome::Completed { .. } => &counts.completed,
                 _ => &counts.unsuccessful,
             };
             n.fetch_add(1, Ordering::Relaxed);
-            o
+            (class, o)
         }));
     }
     let mut outcomes = Vec::with_capacity(tasks.len());
     for t in tasks {
-        outcomes.push(t.await.unwrap_or(Outcome::Failed));
+        outcomes.push(t.await.unwrap_or((None, Outcome::Failed)));
     }
     if let Some(t) = ticker {
         t.abort();
@@ -375,13 +448,22 @@ fn sharegpt_texts(path: &std::path::Path) -> anyhow::Result<(Vec<igw_bench::shar
     Ok((pairs, d))
 }
 
-async fn one(client: Client<HttpConnector, Full<Bytes>>, url: String, body: String, timeout: Duration) -> Outcome {
+async fn one(
+    client: Client<HttpConnector, Full<Bytes>>,
+    url: String,
+    body: String,
+    class: Option<&WireClass>,
+    timeout: Duration,
+) -> Outcome {
     let t0 = Instant::now();
     let fut = async {
-        let req = match hyper::Request::post(&url)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-        {
+        let mut req = hyper::Request::post(&url).header("content-type", "application/json");
+        if let Some(c) = class {
+            req = req
+                .header("x-gateway-inference-objective", c.name.as_str())
+                .header("x-gateway-inference-fairness-id", c.fairness_id.as_str());
+        }
+        let req = match req.body(Full::new(Bytes::from(body))) {
             Ok(r) => r,
             Err(_) => return Outcome::Failed,
         };
@@ -475,7 +557,16 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1] * 1000.0
 }
 
-fn summarize(qps: f64, duration_s: f64, outcomes: Vec<Outcome>) -> StepReport {
+/// Per-class accumulators of a step.
+#[derive(Default)]
+struct ClassAcc {
+    step: ClassStep,
+    ttft: Vec<f64>,
+    e2e: Vec<f64>,
+    tokens: u64,
+}
+
+fn summarize(qps: f64, duration_s: f64, outcomes: Vec<(Option<Arc<WireClass>>, Outcome)>) -> StepReport {
     let mut r = StepReport {
         qps,
         sent_qps: outcomes.len() as f64 / duration_s.max(1e-9),
@@ -483,7 +574,12 @@ fn summarize(qps: f64, duration_s: f64, outcomes: Vec<Outcome>) -> StepReport {
         ..Default::default()
     };
     let (mut ttft, mut itl, mut tpot, mut e2e, mut tokens) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0u64);
-    for o in outcomes {
+    let mut classes: BTreeMap<String, ClassAcc> = BTreeMap::new();
+    for (class, o) in outcomes {
+        let mut acc = class.map(|c| classes.entry(c.name.clone()).or_default());
+        if let Some(a) = acc.as_deref_mut() {
+            a.step.attempted += 1;
+        }
         match o {
             Outcome::Completed { ttft: t, itls, e2e: e, tokens: n } => {
                 r.completed += 1;
@@ -492,12 +588,42 @@ fn summarize(qps: f64, duration_s: f64, outcomes: Vec<Outcome>) -> StepReport {
                 tpot.push(e / n.max(1) as f64);
                 e2e.push(e);
                 tokens += n;
+                if let Some(a) = acc {
+                    a.step.completed += 1;
+                    a.ttft.push(t);
+                    a.e2e.push(e);
+                    a.tokens += n;
+                }
             }
-            Outcome::Rejected => r.rejected += 1,
-            Outcome::Failed => r.failed += 1,
-            Outcome::TimedOut => r.timeouts += 1,
+            Outcome::Rejected => {
+                r.rejected += 1;
+                if let Some(a) = acc {
+                    a.step.rejected += 1;
+                }
+            }
+            Outcome::Failed => {
+                r.failed += 1;
+                if let Some(a) = acc {
+                    a.step.failed += 1;
+                }
+            }
+            Outcome::TimedOut => {
+                r.timeouts += 1;
+                if let Some(a) = acc {
+                    a.step.timeouts += 1;
+                }
+            }
         }
     }
+    r.by_class = classes
+        .into_iter()
+        .map(|(name, mut a)| {
+            a.step.p90_ttft_ms = pct(&mut a.ttft, 0.9);
+            a.step.p90_e2e_ms = pct(&mut a.e2e, 0.9);
+            a.step.share = if tokens == 0 { 0.0 } else { a.tokens as f64 / tokens as f64 };
+            (name, a.step)
+        })
+        .collect();
     r.p50_ttft_ms = pct(&mut ttft, 0.5);
     r.p90_ttft_ms = pct(&mut ttft, 0.9);
     r.p50_itl_ms = pct(&mut itl, 0.5);
@@ -526,6 +652,37 @@ mod tests {
             assert!(t.first.is_some());
             assert_eq!(t.itls.len(), 1);
         }
+    }
+
+    #[test]
+    fn classes_are_drawn_by_fraction_and_summarized_apart() {
+        let class = |n: &str| Arc::new(WireClass { name: n.into(), fairness_id: format!("{n}-flow") });
+        let classes = [class("critical"), class("sheddable")];
+        let fr = [0.3, 0.7];
+        assert_eq!(pick_class(&classes, &fr, 0.1).unwrap().name, "critical");
+        assert_eq!(pick_class(&classes, &fr, 0.31).unwrap().name, "sheddable");
+        assert_eq!(pick_class(&classes, &fr, 0.999_999).unwrap().name, "sheddable");
+        assert!(pick_class(&[], &[], 0.5).is_none());
+        let done = |e: f64, n: u64| Outcome::Completed { ttft: 0.01, itls: vec![], e2e: e, tokens: n };
+        let r = summarize(
+            2.0,
+            1.0,
+            vec![
+                (Some(classes[0].clone()), done(1.0, 30)),
+                (Some(classes[0].clone()), done(2.0, 30)),
+                (Some(classes[1].clone()), Outcome::Rejected),
+                (Some(classes[1].clone()), done(4.0, 40)),
+                (Some(classes[1].clone()), Outcome::TimedOut),
+            ],
+        );
+        assert_eq!((r.attempted, r.completed, r.rejected, r.timeouts), (5, 3, 1, 1));
+        let (c, s) = (&r.by_class["critical"], &r.by_class["sheddable"]);
+        assert_eq!((c.attempted, c.completed, c.rejected), (2, 2, 0));
+        assert_eq!((s.attempted, s.completed, s.rejected, s.timeouts), (3, 1, 1, 1));
+        assert_eq!((c.p90_e2e_ms, s.p90_e2e_ms), (2000.0, 4000.0));
+        assert!((c.share - 0.6).abs() < 1e-9 && (s.share - 0.4).abs() < 1e-9);
+        // Without classes there is no per-class section.
+        assert!(summarize(1.0, 1.0, vec![(None, done(1.0, 1))]).by_class.is_empty());
     }
 
     #[test]

@@ -59,6 +59,11 @@ pub struct EppArgs {
     /// Static endpoints ip:port,... (no Kubernetes).
     #[arg(long, value_delimiter = ',')]
     pub endpoints: Vec<String>,
+    /// Standalone mode (`--endpoints`): InferenceObjectives as NAME=PRIORITY (comma-separated or
+    /// repeated), named by requests with `x-gateway-inference-objective`. In Kubernetes mode they come
+    /// from the cluster's InferenceObjective objects. igw extension.
+    #[arg(long = "objective", value_delimiter = ',', value_parser = parse_objective)]
+    pub objectives: Vec<(String, i32)>,
     /// Ignore the gateway's endpoint subset hint.
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub disable_endpoint_subset_filter: bool,
@@ -124,6 +129,17 @@ pub struct EppArgs {
     pub verbosity: u8,
 }
 
+/// `NAME=PRIORITY`, e.g. `critical=10` or `batch=-1`.
+fn parse_objective(s: &str) -> Result<(String, i32), String> {
+    let (name, prio) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected NAME=PRIORITY, e.g. critical=10"))?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(format!("{s:?}: the objective name is empty"));
+    }
+    let p = prio.trim().parse::<i32>().map_err(|e| format!("{s:?}: priority {prio:?} is not an integer ({e})"))?;
+    Ok((name.to_string(), p))
+}
+
 impl EppArgs {
     fn validate(&self) -> anyhow::Result<()> {
         for (flag, v) in [
@@ -148,6 +164,16 @@ impl EppArgs {
             0 => bail!("one of --pool-name, --endpoint-selector or --endpoints is required"),
             _ => bail!("--pool-name, --endpoint-selector and --endpoints are mutually exclusive"),
         }
+        if !self.objectives.is_empty() && self.endpoints.is_empty() {
+            bail!(
+                "--objective needs standalone mode (--endpoints); in Kubernetes the InferenceObjective objects apply"
+            );
+        }
+        let mut names: Vec<&str> = self.objectives.iter().map(|(n, _)| n.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            bail!("--objective {:?} is given twice", w[0]);
+        }
         if self.ha_enable_leader_election && !self.endpoints.is_empty() {
             bail!("--ha-enable-leader-election needs Kubernetes mode (--pool-name or --endpoint-selector)");
         }
@@ -166,6 +192,11 @@ async fn serve(args: EppArgs) -> anyhow::Result<()> {
     let _otel = super::tracing_otel::init(args.tracing)?;
     let endpoints = EndpointMeta::parse_list(&args.endpoints.join(",")).context("--endpoints")?;
     let datastore = Arc::new(Datastore::with_endpoints(endpoints));
+    datastore.reset_objectives(args.objectives.iter().map(|(name, priority)| igw_core::InferenceObjective {
+        id: igw_core::ObjectRef::new(super::gateway_config::NAMESPACE, name),
+        priority: *priority,
+        legacy_model_name: None,
+    }));
     // Kubernetes mode (--pool-name / --endpoint-selector): igw-k8s's watchers feed the datastore.
     let discovery = if args.endpoints.is_empty() {
         let cfg = igw_k8s::watch::DiscoveryConfig {
@@ -368,6 +399,17 @@ mod tests {
         assert!(validate(&["--endpoints", "10.0.0.1:8000"]).is_ok());
         assert!(validate(&["--pool-name", "p", "--ha-enable-leader-election"]).is_ok());
         assert!(validate(&[]).unwrap_err().contains("is required"));
+        assert!(validate(&["--endpoints", "10.0.0.1:8000", "--objective", "critical=10,batch=-1"]).is_ok());
+        let e = validate(&["--pool-name", "p", "--objective", "critical=10"]).unwrap_err();
+        assert!(e.contains("--objective needs standalone mode"), "{e}");
+        let e = validate(&["--endpoints", "10.0.0.1:8000", "--objective", "a=1", "--objective", "a=2"]).unwrap_err();
+        assert!(e.contains("\"a\" is given twice"), "{e}");
+        for (bad, why) in
+            [("critical", "expected NAME=PRIORITY"), ("=3", "name is empty"), ("x=high", "not an integer")]
+        {
+            let e = validate(&["--endpoints", "10.0.0.1:8000", "--objective", bad]).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
         assert!(validate(&["--pool-name", "p", "--endpoints", "10.0.0.1:8000"]).unwrap_err().contains("exclusive"));
         let e = validate(&["--endpoints", "10.0.0.1:8000", "--ha-enable-leader-election"]).unwrap_err();
         assert!(e.contains("Kubernetes mode"), "{e}");

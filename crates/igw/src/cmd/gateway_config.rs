@@ -465,9 +465,11 @@ rewrites:
         let default = named.replace("  policy: igw\n", "");
         let plan2 = parse(&default, Path::new("gw.yaml"), "igw").unwrap();
         assert!(plan2.pools[0].flow.is_some());
-        let without = parse(&named.replace("    lowerBandMaxConcurrency: 65\n", ""), Path::new("gw.yaml"), "igw").unwrap();
+        let without =
+            parse(&named.replace("    lowerBandMaxConcurrency: 65\n", ""), Path::new("gw.yaml"), "igw").unwrap();
         assert_ne!(plan.pools[0].scheduler_key, without.pools[0].scheduler_key);
-        let e = err(&format!("{named}  schedulerConfig:\n    plugins:\n    - type: queue-scorer\n").replace("  policy: igw\n", ""));
+        let e = err(&format!("{named}  schedulerConfig:\n    plugins:\n    - type: queue-scorer\n")
+            .replace("  policy: igw\n", ""));
         assert!(e.contains("line 5") && e.contains("flowControl goes with policy"), "{e}");
         let e = err(&named.replace("5s", "soon"));
         assert!(e.contains("soon"), "{e}");

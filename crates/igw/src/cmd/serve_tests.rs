@@ -406,8 +406,9 @@ async fn a_named_policy_with_a_flow_control_section_queues_by_the_objective_prio
     assert_eq!(flow.default_band.fairness, igw_sched::flow::FairnessPolicy::Vtc, "igw's defaults fill the rest");
     assert_eq!(plan.pools[0].scheduler_source, "policy igw with flowControl");
     let s = start(Source::Config(path.clone(), plan)).await;
-    let resp = send(s.addr, "POST", "/v1/completions", &[("x-gateway-inference-objective", "critical")], &completion("m", 2))
-        .await;
+    let resp =
+        send(s.addr, "POST", "/v1/completions", &[("x-gateway-inference-objective", "critical")], &completion("m", 2))
+            .await;
     assert_eq!(resp.status(), StatusCode::OK);
     let _ = resp.into_body().collect().await.unwrap();
     let metrics = get_text(s.admin_addr, "/metrics").await;
