@@ -20,9 +20,11 @@ pub const POLICY_NAMES: &[&str] = &[
     "round-robin",
     "least-queue",
     "igw",
+    "igw-wait",
     "upstream-default",
     "legacy-filter-tree",
     "igw+flow",
+    "igw-wait+flow",
     "upstream-default+flow",
     "sglang-cache-aware",
     "power-of-two",
@@ -48,7 +50,8 @@ pub struct Policy {
     pub router: Router,
     /// Flow control in front of the router, when enabled.
     pub flow: Option<FlowConfig>,
-    /// Whether the saturation seen by flow control counts requests sent since the last scrape.
+    /// Whether the saturation seen by flow control counts requests sent since the last scrape
+    /// (igw's policies: `igw`, `igw-wait`).
     pub blend_in_flight: bool,
 }
 
@@ -93,7 +96,7 @@ impl Policy {
         } else {
             None
         };
-        Ok(Policy { name: name.to_string(), router, flow, blend_in_flight: base == "igw" })
+        Ok(Policy { name: name.to_string(), router, flow, blend_in_flight: base.starts_with("igw") })
     }
 }
 

@@ -98,7 +98,7 @@ mod tests {
         let ep = Endpoint::new(EndpointId(id), EndpointMeta::parse_addr(&format!("10.0.0.{id}:8000")).unwrap());
         let mut m = EndpointMetrics { waiting, kv_usage: kv, max_adapters: Some(2), ..Default::default() };
         m.active_adapters = adapters.iter().map(|s| s.to_string()).collect();
-        Candidate { endpoint: Arc::new(ep), metrics: Arc::new(m), unseen: 0 }
+        Candidate { endpoint: Arc::new(ep), metrics: Arc::new(m), unseen: 0, expected_wait: 0.0 }
     }
 
     fn ids(v: &[Candidate]) -> Vec<u32> {

@@ -6,6 +6,7 @@
 //! - [`scoring`]: upstream's scorers and igw's in-flight blending.
 //! - [`config`]: the upstream `EndpointPickerConfig` file.
 //! - [`legacy`]: the v0.3 filter tree (`legacy-filter-tree`).
+//! - [`wait`]: expected wait per endpoint (in-flight work ÷ learned service rate).
 //! - [`detector`]: the utilization saturation detector used for shedding.
 //! - [`prefix`]: the approximate prefix-cache index.
 //! - [`flow`]: flow control (priority bands, fairness, ordering, capacity, TTL).
@@ -20,5 +21,6 @@ pub mod prefix;
 pub mod scheduler;
 pub mod scoring;
 pub mod session;
+pub mod wait;
 
 pub use scheduler::{Decision, POLICY_NAMES, Picker, ScheduleError, Scheduler, UnknownPolicy};

@@ -16,6 +16,7 @@ use rand::seq::SliceRandom;
 use crate::detector::UtilizationDetector;
 use crate::prefix::{PrefixConfig, PrefixIndex, PrefixMatch, hash_prompt};
 use crate::scoring::{Candidate, ScoreInput, Scorer, unseen_in_flight};
+use crate::wait::{WaitConfig, WaitTracker};
 
 /// How the scored candidates become a pick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,11 +82,12 @@ pub struct Scheduler {
     legacy_tree: bool,
     detector: UtilizationDetector,
     rr: AtomicUsize,
+    wait: Option<WaitTracker>,
 }
 
 /// The policies selectable by name.
 pub const POLICY_NAMES: &[&str] =
-    &["igw", "upstream-default", "legacy-filter-tree", "random", "round-robin", "least-queue"];
+    &["igw", "igw-wait", "upstream-default", "legacy-filter-tree", "random", "round-robin", "least-queue"];
 
 /// Why a policy could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -105,6 +107,7 @@ impl Scheduler {
             legacy_tree: false,
             detector: UtilizationDetector::default(),
             rr: AtomicUsize::new(0),
+            wait: None,
         }
     }
 
@@ -113,6 +116,18 @@ impl Scheduler {
     pub fn with_in_flight_blending(mut self, on: bool) -> Self {
         self.blend_in_flight = on;
         self
+    }
+
+    /// Track in-flight work and learn service rates for the `expected-wait-scorer`
+    /// ([`crate::wait`]); `None` turns tracking off (the scorer then sees 0 everywhere).
+    pub fn with_wait_tracking(mut self, config: Option<WaitConfig>) -> Self {
+        self.wait = config.map(WaitTracker::new);
+        self
+    }
+
+    /// The wait tracker, when on.
+    pub fn wait_tracker(&self) -> Option<&WaitTracker> {
+        self.wait.as_ref()
     }
 
     /// Leave out endpoints whose metrics are older than `threshold` (all of them stay when every
@@ -150,6 +165,11 @@ impl Scheduler {
     ///   roots survive eviction, per-endpoint chain continuity), in-flight blending (requests sent
     ///   since the last scrape count as waiting, so bursts between scrapes spread), and stale
     ///   endpoints (metrics older than 1 s) left out unless all are stale.
+    /// - `igw-wait`: `igw` with the queue scorer replaced by the `expected-wait-scorer`
+    ///   ([`crate::wait`]): the picker's in-flight work in estimated tokens (not a request count),
+    ///   times the share of the endpoint's requests that queue, divided by the endpoint's service
+    ///   rate learned from its completions while backlogged. Aimed at fleets of unequal replicas
+    ///   past saturation; not the default (see BENCHMARKS.md).
     /// - `legacy-filter-tree`: the v0.3 filter tree and a random pick ([`crate::legacy`]), the
     ///   scheduler behind the blog's published numbers.
     /// - `random` (a Kubernetes Service), `round-robin` (IPVS / Envoy), `least-queue`
@@ -167,6 +187,19 @@ impl Scheduler {
             }
             .with_in_flight_blending(true)
             .with_staleness_filter(Some(Duration::from_secs(1))),
+            "igw-wait" => {
+                // igw with the queue scorer's waiting count replaced by the expected wait.
+                let scorers = vec![
+                    (Scorer::ExpectedWait, 2.0),
+                    (Scorer::KvCache, 2.0),
+                    (Scorer::Prefix, 3.0),
+                    (Scorer::LoraAffinity, 3.0),
+                ];
+                Scheduler::new(name, scorers, Picker::MaxScore, Some(PrefixConfig::default()))
+                    .with_in_flight_blending(true)
+                    .with_staleness_filter(Some(Duration::from_secs(1)))
+                    .with_wait_tracking(Some(WaitConfig::default()))
+            }
             "legacy-filter-tree" => {
                 let mut s = Scheduler::new(name, vec![], Picker::Random, None);
                 s.legacy_tree = true;
@@ -230,9 +263,12 @@ impl Scheduler {
                 let metrics = e.metrics();
                 let unseen =
                     if self.blend_in_flight { unseen_in_flight(e.in_flight().requests(), &metrics) } else { 0 };
-                Candidate { endpoint: e.clone(), metrics, unseen }
+                Candidate { endpoint: e.clone(), metrics, unseen, expected_wait: 0.0 }
             })
             .collect();
+        if let Some(w) = &self.wait {
+            w.estimate(&mut cands, now);
+        }
         if let Some(threshold) = self.staleness_filter
             && cands.iter().any(|c| !c.metrics.is_stale(now, threshold))
         {
@@ -328,6 +364,9 @@ impl Scheduler {
     /// Releases the in-flight load of a request sent to `endpoint`.
     pub fn on_finished(&self, decision: &Decision, endpoint: &Arc<Endpoint>) {
         endpoint.in_flight().release(decision.tokens);
+        if let Some(w) = &self.wait {
+            w.on_finished(endpoint.id(), decision.tokens);
+        }
     }
 
     /// Drops prefix state of endpoints no longer present.
@@ -442,6 +481,75 @@ mod tests {
         assert!(igw.iter().all(|&c| (3..=8).contains(&c)), "igw spreads the burst: {igw:?}");
         let up = burst("upstream-default");
         assert_eq!(up, [20, 0, 0, 0], "upstream herds onto the endpoint that looked idlest");
+    }
+
+    #[test]
+    fn igw_wait_sends_to_the_endpoint_that_finishes_faster() {
+        let ds = pool(2);
+        let s = ds.snapshot();
+        let sched = Scheduler::from_policy("igw-wait").unwrap();
+        let igw = Scheduler::from_policy("igw").unwrap();
+        let mut rng = SmallRng::seed_from_u64(5);
+        let req = InferenceRequest::text("m", "hi");
+        // Both endpoints backlogged with the same waiting count and the same work in flight.
+        for e in s.endpoints.iter() {
+            e.in_flight().add(4_000);
+        }
+        let tick = |ms: u64| {
+            let now = Instant::from_millis(ms);
+            for e in s.endpoints.iter() {
+                set(e, 20, 0.5, now);
+            }
+            now
+        };
+        let t0 = tick(0);
+        sched.schedule(&req, &s.endpoints, 2, t0, &mut rng).unwrap();
+        // Over 10 virtual seconds endpoint 1 finishes three times the work of endpoint 0.
+        let tracker = sched.wait_tracker().unwrap();
+        tracker.on_finished(s.endpoints[0].id(), 10_000);
+        tracker.on_finished(s.endpoints[1].id(), 30_000);
+        let t1 = tick(10_000);
+        for _ in 0..20 {
+            let d = sched.schedule(&req, &s.endpoints, 2, t1, &mut rng).unwrap();
+            assert_eq!(d.endpoints[0].id().0, 1, "equal work, three times the rate: a third of the wait");
+        }
+        let mut firsts = [0u32; 2];
+        for _ in 0..200 {
+            let d = igw.schedule(&req, &s.endpoints, 2, t1, &mut rng).unwrap();
+            firsts[d.endpoints[0].id().0 as usize] += 1;
+        }
+        assert!(firsts.iter().all(|&n| n > 50), "igw sees equal queues and ties: {firsts:?}");
+    }
+
+    #[test]
+    fn igw_wait_counts_work_and_releases_it() {
+        let ds = pool(2);
+        let s = ds.snapshot();
+        let now = Instant::from_millis(10);
+        for e in s.endpoints.iter() {
+            set(e, 3, 0.5, now);
+        }
+        let sched = Scheduler::from_policy("igw-wait").unwrap();
+        let mut rng = SmallRng::seed_from_u64(8);
+        // One long request on endpoint 0, three short ones on endpoint 1. The scrape shows equal
+        // queues (the queue scorer ties); the work is not equal.
+        let long = InferenceRequest { max_tokens: Some(4_000), ..InferenceRequest::text("m", "long") };
+        let short = InferenceRequest { max_tokens: Some(10), ..InferenceRequest::text("m", "short") };
+        let d = sched.schedule(&long, &s.endpoints[..1], 1, now, &mut rng).unwrap();
+        sched.on_routed(&d, &s.endpoints[0]);
+        let mut shorts = Vec::new();
+        for _ in 0..3 {
+            let d = sched.schedule(&short, &s.endpoints[1..], 1, now, &mut rng).unwrap();
+            sched.on_routed(&d, &s.endpoints[1]);
+            shorts.push(d);
+        }
+        let d = sched.schedule(&short, &s.endpoints, 2, now, &mut rng).unwrap();
+        assert_eq!(d.endpoints[0].id().0, 1);
+        sched.on_finished(&sched.schedule(&long, &s.endpoints[..1], 1, now, &mut rng).unwrap(), &s.endpoints[0]);
+        assert_eq!(s.endpoints[0].in_flight().tokens(), 0, "finishing releases the work");
+        set(&s.endpoints[0], 0, 0.5, now);
+        let d = sched.schedule(&short, &s.endpoints, 2, now, &mut rng).unwrap();
+        assert_eq!(d.endpoints[0].id().0, 0);
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub struct Candidate {
     /// Requests the picker sent that the last scrape cannot have counted yet (see
     /// [`unseen_in_flight`]); 0 when in-flight blending is off.
     pub unseen: u32,
+    /// Expected wait in seconds (or in tokens when no rate is known), from
+    /// [`crate::wait::WaitTracker`]; 0 when the scheduler has no tracker.
+    pub expected_wait: f64,
 }
 
 /// Requests the picker has in flight on an endpoint beyond what its last scrape reported as
@@ -70,6 +73,10 @@ pub enum Scorer {
     /// `session-affinity-scorer`: 1.0 for the pod the request's `x-session-token` names, else 0
     /// ([`crate::session`]).
     SessionAffinity,
+    /// `expected-wait-scorer` (igw): min-max on the expected wait, i.e. the picker's in-flight
+    /// work divided by the endpoint's learned service rate ([`crate::wait`]). Only through the
+    /// `igw-wait` policy (it needs the scheduler's wait tracker); not an EndpointPickerConfig type.
+    ExpectedWait,
 }
 
 impl Scorer {
@@ -85,6 +92,7 @@ impl Scorer {
             Scorer::TokenLoad { .. } => "token-load-scorer",
             Scorer::LoadAware { .. } => "load-aware-scorer",
             Scorer::SessionAffinity => "session-affinity-scorer",
+            Scorer::ExpectedWait => "expected-wait-scorer",
         }
     }
 
@@ -93,6 +101,7 @@ impl Scorer {
         match self {
             Scorer::Queue => min_max(cands, out, |c| f64::from(c.metrics.waiting) + f64::from(c.unseen)),
             Scorer::RunningRequests => min_max(cands, out, |c| f64::from(c.metrics.running)),
+            Scorer::ExpectedWait => min_max(cands, out, |c| c.expected_wait),
             Scorer::KvCache => {
                 for (o, c) in out.iter_mut().zip(cands) {
                     *o = 1.0 - c.metrics.kv_usage;
@@ -183,7 +192,7 @@ mod tests {
     fn cand(id: u32, waiting: u32, running: u32, kv: f64) -> Candidate {
         let ep = Endpoint::new(EndpointId(id), EndpointMeta::parse_addr(&format!("10.0.0.{id}:8000")).unwrap());
         let m = EndpointMetrics { waiting, running, kv_usage: kv, ..Default::default() };
-        Candidate { endpoint: Arc::new(ep), metrics: Arc::new(m), unseen: 0 }
+        Candidate { endpoint: Arc::new(ep), metrics: Arc::new(m), unseen: 0, expected_wait: 0.0 }
     }
 
     fn scores(s: Scorer, cands: &[Candidate]) -> Vec<f64> {
