@@ -79,7 +79,7 @@ pub struct EppArgs {
     /// EndpointPickerConfig text.
     #[arg(long)]
     pub config_text: Option<String>,
-    /// Scheduling policy: igw (default), upstream-default, legacy-filter-tree, random,
+    /// Scheduling policy: igw (default), igw-wait, upstream-default, legacy-filter-tree, random,
     /// round-robin, least-queue.
     #[arg(long, default_value = "igw")]
     pub policy: String,

@@ -68,7 +68,8 @@ pub struct ServeArgs {
     /// How often each endpoint's /metrics page is scraped, in milliseconds.
     #[arg(long, default_value_t = 50)]
     pub refresh_metrics_interval_ms: u64,
-    /// Scheduling policy: igw (default), upstream-default, legacy-filter-tree, random, round-robin, least-queue.
+    /// Scheduling policy: igw (default), igw-wait, upstream-default, legacy-filter-tree, random,
+    /// round-robin, least-queue.
     #[arg(long, default_value = "igw")]
     pub policy: String,
     /// Pool name reported in metrics.
