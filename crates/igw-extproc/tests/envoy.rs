@@ -118,6 +118,36 @@ async fn handle(me: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>
     Ok(resp)
 }
 
+/// A model server that answers no request until `n` are in flight at once, then answers them all
+/// (or, if `n` never arrive, every waiting one after 15 s, so a failing test ends).
+async fn gathering_backend(n: usize) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (count, _) = tokio::sync::watch::channel(0usize);
+    let count = Arc::new(count);
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            let count = count.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let count = count.clone();
+                    async move {
+                        let _ = req.into_body().collect().await;
+                        let mut seen = count.subscribe();
+                        count.send_modify(|c| *c += 1);
+                        let _ = tokio::time::timeout(Duration::from_secs(15), seen.wait_for(|c| *c >= n)).await;
+                        let in_flight = *count.borrow();
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(in_flight.to_string())).boxed()))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+            });
+        }
+    });
+    addr
+}
+
 // ---------- EPP ----------
 
 /// FixedPicker, but model `unavailable` gets 503.
@@ -312,6 +342,43 @@ async fn common_checks(envoy: &Envoy, epp: &Epp, primary: SocketAddr) {
     let r = send(envoy, "GET", "/v1/models", &[], b"").await;
     assert_eq!(r.status, 200);
     assert!(r.served_by.is_some());
+    wait_idle(&epp.picker).await;
+}
+
+/// Every in-flight request holds an ext_proc stream and an upstream request; Envoy's default circuit
+/// breakers allow 1,024 of each per cluster, so a busy gateway failed requests (500) beyond that
+/// until the shipped configs raised them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_keeps_more_than_1024_requests_in_flight() {
+    let Some(bin) = envoy_bin() else { return };
+    const N: usize = 1_100;
+    // Client and backend sockets here, the same again in Envoy (which inherits the limit).
+    let files = rlimit::increase_nofile_limit(8_192).unwrap();
+    assert!(files >= 3 * N as u64, "the open-file limit ({files}) is too low for {N} requests in flight");
+    let b = gathering_backend(N).await;
+    let epp = epp(false, &[b]).await;
+    let envoy = start_envoy(&bin, "extproc-plaintext.yaml", &[("EPP_PORT", epp.port.to_string())]).await;
+    let client = http();
+    let mut all = tokio::task::JoinSet::new();
+    for _ in 0..N {
+        let (client, port) = (client.clone(), envoy.port);
+        all.spawn(async move {
+            let req = Request::post(format!("http://127.0.0.1:{port}/v1/completions"))
+                .body(Full::new(Bytes::from_static(COMPLETION)))
+                .unwrap();
+            let r = tokio::time::timeout(Duration::from_secs(60), client.request(req)).await.unwrap().unwrap();
+            let status = r.status().as_u16();
+            (status, r.into_body().collect().await.unwrap().to_bytes())
+        });
+    }
+    let mut ok = 0;
+    while let Some(r) = all.join_next().await {
+        let (status, body) = r.unwrap();
+        assert_eq!(status, 200, "{:?}", body);
+        assert_eq!(body, N.to_string(), "answered once all {N} were in flight together");
+        ok += 1;
+    }
+    assert_eq!(ok, N);
     wait_idle(&epp.picker).await;
 }
 
