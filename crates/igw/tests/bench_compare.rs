@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn envoy() -> Option<PathBuf> {
@@ -26,22 +26,9 @@ fn runs_each_contender_over_its_own_fleet_and_sets_the_des_beside() {
         contenders.extend(["envoy-round-robin", "envoy+igw-epp"]);
     }
     let logs = tempdir();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_igw"));
-    cmd.args(["bench", "compare", "--scenario", "shared-prefix", "--replicas", "2", "--qps", "10"])
-        .args(["--duration", "1s", "--time-scale", "0.2", "--contenders", &contenders.join(",")])
-        .args(["--peers-venv", "/nonexistent"])
-        .arg("--log-dir")
-        .arg(&logs)
-        .arg("--chart")
-        .arg(logs.join("compare"))
-        .arg("--json");
-    if let Some(e) = &envoy {
-        cmd.arg("--envoy-bin").arg(e);
-    }
-    let out = cmd.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let chart = logs.join("compare");
+    let extra = ["--replicas", "2", "--peers-venv", "/nonexistent", "--chart", chart.to_str().unwrap()];
+    let (v, stdout) = compare("shared-prefix", &contenders, envoy.as_deref(), &logs, &extra);
     let rows = v["rows"].as_array().unwrap();
     assert_eq!(rows.len(), contenders.len(), "one row per contender: {v}");
     for (row, name) in rows.iter().zip(&contenders) {
@@ -96,19 +83,7 @@ fn a_class_scenario_sends_every_class_as_the_des_draws_it() {
         contenders.push("envoy+igw-epp");
     }
     let logs = tempdir_named("classes");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_igw"));
-    cmd.args(["bench", "compare", "--scenario", "priority-overload", "--replicas", "1", "--qps", "10"])
-        .args(["--duration", "1s", "--time-scale", "0.2", "--contenders", &contenders.join(",")])
-        .arg("--log-dir")
-        .arg(&logs)
-        .arg("--json");
-    if let Some(e) = &envoy {
-        cmd.arg("--envoy-bin").arg(e);
-    }
-    let out = cmd.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let (v, stdout) = compare("priority-overload", &contenders, envoy.as_deref(), &logs, &["--replicas", "1"]);
     let rows = v["rows"].as_array().unwrap();
     assert_eq!(rows.len(), contenders.len(), "{v}");
     for row in rows {
@@ -127,10 +102,35 @@ fn a_class_scenario_sends_every_class_as_the_des_draws_it() {
         assert_eq!(total, row["attempted"].as_u64().unwrap(), "every request has its class: {row}");
     }
     assert!(stdout.contains("| igw+flow | 10.0 | critical |"), "the per-class table: {stdout}");
-    // The igw contenders were configured with the scenario's objectives and, for igw+flow, its TTL.
+    // The igw contenders were configured with the scenario's objectives and, for igw+flow, its TTL
+    // (30 s of model time: 6 s on the wall at time_scale 0.2).
     let cfg = std::fs::read_to_string(logs.join("igw_flow.gateway.yaml")).unwrap();
-    assert!(cfg.contains("defaultRequestTTL: 30000ms") && cfg.contains("priority: -1"), "{cfg}");
+    assert!(cfg.contains("defaultRequestTTL: 6000ms") && cfg.contains("priority: -1"), "{cfg}");
     let _ = std::fs::remove_dir_all(&logs);
+}
+
+/// Runs `igw bench compare` at 10 QPS (model time) for 1 s at time_scale 0.2 with `extra` flags;
+/// returns the JSON report and the whole stdout.
+fn compare(
+    scenario: &str,
+    contenders: &[&str],
+    envoy: Option<&Path>,
+    logs: &Path,
+    extra: &[&str],
+) -> (serde_json::Value, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_igw"));
+    cmd.args(["bench", "compare", "--scenario", scenario, "--qps", "10", "--duration", "1s", "--time-scale", "0.2"])
+        .args(["--contenders", &contenders.join(","), "--json"])
+        .args(extra)
+        .arg("--log-dir")
+        .arg(logs);
+    if let Some(e) = envoy {
+        cmd.arg("--envoy-bin").arg(e);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    (serde_json::from_str(stdout.lines().last().unwrap()).unwrap(), stdout)
 }
 
 fn tempdir() -> PathBuf {

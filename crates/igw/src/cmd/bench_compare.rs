@@ -56,6 +56,9 @@ pub struct CompareArgs {
     /// The built-in scenario whose fleet profile, speed factors and workload are used.
     #[arg(long, default_value = "shared-prefix")]
     pub scenario: String,
+    /// A scenario file (YAML, docs/bench-scenarios.md) instead of a built-in scenario.
+    #[arg(long, conflicts_with = "replot")]
+    pub scenario_file: Option<PathBuf>,
     /// Replicas in the simulated fleet (overrides the scenario's, which is sized for a GPU cluster).
     #[arg(long, default_value_t = 4)]
     pub replicas: usize,
@@ -310,7 +313,13 @@ pub fn chart(r: &CompareReport) -> igw_bench::chart::Chart {
 }
 
 fn scenario(args: &CompareArgs) -> anyhow::Result<igw_bench::scenario::Scenario> {
-    let mut sc = igw_bench::scenario::Scenario::builtin(&args.scenario)?;
+    let mut sc = match &args.scenario_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            igw_bench::scenario::Scenario::from_yaml(&text).with_context(|| path.display().to_string())?
+        }
+        None => igw_bench::scenario::Scenario::builtin(&args.scenario)?,
+    };
     sc.fleet.replicas = args.replicas;
     sc.fleet.speed_factors.truncate(args.replicas);
     sc.fleet.slow = sc.fleet.slow.map(|mut s| {
@@ -391,7 +400,8 @@ async fn compare(args: &CompareArgs) -> anyhow::Result<CompareReport> {
             .await
             .context("starting the simulated fleet")?;
         let addrs: Vec<String> = fleet.addrs().iter().map(ToString::to_string).collect();
-        let started = start(kind, name, &addrs, &sc, &igw_bin, &envoy_bin, &args.peers_venv, &args.log_dir);
+        let started =
+            start(kind, name, &addrs, &sc, args.time_scale, &igw_bin, &envoy_bin, &args.peers_venv, &args.log_dir);
         let result = match started {
             Ok(mut procs) => {
                 let r = drive(args, name, &procs.url, &ladder, &sc, &generator).await;
@@ -578,14 +588,19 @@ static_resources:
 
 /// The `igw serve --config` file of an igw contender: one pool over the fleet with `policy`, the
 /// scenario's classes as objectives, and with `flow` a flowControl section carrying the scenario's
-/// TTL, fairness policy and lower-band concurrency limit (as the DES's `igw+flow` policy).
-pub fn serve_config(addrs: &[String], policy: &str, flow: bool, sc: &igw_bench::scenario::Scenario) -> String {
+/// TTL, fairness policy and lower-band concurrency limit (as the DES's `igw+flow` policy). The
+/// gateway runs on the wall clock, so the TTL (model time) is multiplied by the fleet's `time_scale`.
+pub fn serve_config(
+    addrs: &[String],
+    policy: &str,
+    flow: bool,
+    sc: &igw_bench::scenario::Scenario,
+    time_scale: f64,
+) -> String {
     let mut s = format!("pools:\n- name: compare\n  endpoints: [{}]\n  policy: {policy}\n", addrs.join(", "));
     if flow {
-        s.push_str(&format!(
-            "  flowControl:\n    defaultRequestTTL: {}ms\n",
-            (sc.flow.ttl_s.unwrap_or(30.0) * 1000.0).round()
-        ));
+        let ttl_ms = (sc.flow.ttl_s.unwrap_or(30.0) * 1000.0 * time_scale).round();
+        s.push_str(&format!("  flowControl:\n    defaultRequestTTL: {ttl_ms}ms\n"));
         if let Some(n) = sc.flow.lower_band_max_concurrency {
             s.push_str(&format!("    lowerBandMaxConcurrency: {n}\n"));
         }
@@ -618,6 +633,7 @@ fn start(
     name: &str,
     addrs: &[String],
     sc: &igw_bench::scenario::Scenario,
+    time_scale: f64,
     igw: &Path,
     envoy: &Path,
     venv: &Path,
@@ -638,7 +654,7 @@ fn start(
         }
         Kind::IgwServe(policy, flow) => {
             let cfg = log_dir.join(format!("{}.gateway.yaml", name.replace('+', "_")));
-            std::fs::write(&cfg, serve_config(addrs, policy, *flow, sc))?;
+            std::fs::write(&cfg, serve_config(addrs, policy, *flow, sc, time_scale))?;
             let mut c = Command::new(igw);
             c.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
                 .args(["--admin-listen", &format!("127.0.0.1:{}", free_port()?)])
@@ -906,7 +922,7 @@ mod tests {
     fn an_igw_contender_is_configured_with_the_scenarios_objectives_and_flow() {
         let sc = igw_bench::scenario::Scenario::builtin("priority-overload").unwrap();
         let addrs = ["127.0.0.1:8001".to_string(), "127.0.0.1:8002".to_string()];
-        let text = serve_config(&addrs, "igw", true, &sc);
+        let text = serve_config(&addrs, "igw", true, &sc, 1.0);
         let plan = super::super::gateway_config::parse(&text, Path::new("c.yaml"), "random").unwrap();
         assert_eq!(plan.pools[0].endpoints.len(), 2);
         assert_eq!(plan.pools[0].scheduler_source, "policy igw with flowControl", "{text}");
@@ -914,7 +930,7 @@ mod tests {
         let prios: Vec<(String, i32)> = plan.objectives.iter().map(|o| (o.id.name.clone(), o.priority)).collect();
         assert_eq!(prios, [("critical".into(), 10), ("standard".into(), 0), ("sheddable".into(), -1)]);
         let plain = super::super::gateway_config::parse(
-            &serve_config(&addrs, "random", false, &sc),
+            &serve_config(&addrs, "random", false, &sc, 1.0),
             Path::new("c.yaml"),
             "igw",
         )
@@ -922,7 +938,18 @@ mod tests {
         assert!(plain.pools[0].flow.is_none() && plain.objectives.len() == 3);
         // A scenario without classes declares no objectives.
         let shared = igw_bench::scenario::Scenario::builtin("shared-prefix").unwrap();
-        assert!(!serve_config(&addrs, "igw", false, &shared).contains("objectives"));
+        assert!(!serve_config(&addrs, "igw", false, &shared, 1.0).contains("objectives"));
+        // At time_scale 2 the fleet runs at half speed, so 30 s of model time is 60 s on the wall.
+        let slow = serve_config(&addrs, "igw", true, &sc, 2.0);
+        assert!(slow.contains("defaultRequestTTL: 60000ms"), "{slow}");
+        // The example scenario with igw's batch holdback carries it into the gateway's config.
+        let holdback = igw_bench::scenario::Scenario::from_yaml(include_str!(
+            "../../../../examples/scenarios/priority-overload-holdback.yaml"
+        ))
+        .unwrap();
+        let text = serve_config(&addrs, "igw", true, &holdback, 1.0);
+        let plan = super::super::gateway_config::parse(&text, Path::new("c.yaml"), "igw").unwrap();
+        assert_eq!(plan.pools[0].flow.as_ref().unwrap().batch_holdback, Some(65.0), "{text}");
     }
 
     #[test]
