@@ -557,83 +557,87 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1] * 1000.0
 }
 
-/// Per-class accumulators of a step.
+/// Counts and latency samples of a set of outcomes (a step, or one class of it).
 #[derive(Default)]
-struct ClassAcc {
-    step: ClassStep,
+struct Tally {
+    attempted: u64,
+    completed: u64,
+    rejected: u64,
+    failed: u64,
+    timeouts: u64,
     ttft: Vec<f64>,
     e2e: Vec<f64>,
+    tpot: Vec<f64>,
+    itl: Vec<f64>,
     tokens: u64,
 }
 
-fn summarize(qps: f64, duration_s: f64, outcomes: Vec<(Option<Arc<WireClass>>, Outcome)>) -> StepReport {
-    let mut r = StepReport {
-        qps,
-        sent_qps: outcomes.len() as f64 / duration_s.max(1e-9),
-        attempted: outcomes.len() as u64,
-        ..Default::default()
-    };
-    let (mut ttft, mut itl, mut tpot, mut e2e, mut tokens) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0u64);
-    let mut classes: BTreeMap<String, ClassAcc> = BTreeMap::new();
-    for (class, o) in outcomes {
-        let mut acc = class.map(|c| classes.entry(c.name.clone()).or_default());
-        if let Some(a) = acc.as_deref_mut() {
-            a.step.attempted += 1;
-        }
+impl Tally {
+    /// Counts `o`; the inter-token gaps are kept only with `itls` (the step's, not each class's).
+    fn add(&mut self, o: &Outcome, itls: bool) {
+        self.attempted += 1;
         match o {
-            Outcome::Completed { ttft: t, itls, e2e: e, tokens: n } => {
-                r.completed += 1;
-                ttft.push(t);
-                itl.extend(itls);
-                tpot.push(e / n.max(1) as f64);
-                e2e.push(e);
-                tokens += n;
-                if let Some(a) = acc {
-                    a.step.completed += 1;
-                    a.ttft.push(t);
-                    a.e2e.push(e);
-                    a.tokens += n;
+            Outcome::Completed { ttft, itls: gaps, e2e, tokens } => {
+                self.completed += 1;
+                self.ttft.push(*ttft);
+                self.e2e.push(*e2e);
+                self.tpot.push(e2e / (*tokens).max(1) as f64);
+                if itls {
+                    self.itl.extend_from_slice(gaps);
                 }
+                self.tokens += tokens;
             }
-            Outcome::Rejected => {
-                r.rejected += 1;
-                if let Some(a) = acc {
-                    a.step.rejected += 1;
-                }
-            }
-            Outcome::Failed => {
-                r.failed += 1;
-                if let Some(a) = acc {
-                    a.step.failed += 1;
-                }
-            }
-            Outcome::TimedOut => {
-                r.timeouts += 1;
-                if let Some(a) = acc {
-                    a.step.timeouts += 1;
-                }
-            }
+            Outcome::Rejected => self.rejected += 1,
+            Outcome::Failed => self.failed += 1,
+            Outcome::TimedOut => self.timeouts += 1,
         }
     }
-    r.by_class = classes
+}
+
+fn summarize(qps: f64, duration_s: f64, outcomes: Vec<(Option<Arc<WireClass>>, Outcome)>) -> StepReport {
+    let mut all = Tally::default();
+    let mut classes: BTreeMap<String, Tally> = BTreeMap::new();
+    for (class, o) in &outcomes {
+        all.add(o, true);
+        if let Some(c) = class {
+            classes.entry(c.name.clone()).or_default().add(o, false);
+        }
+    }
+    let by_class = classes
         .into_iter()
-        .map(|(name, mut a)| {
-            a.step.p90_ttft_ms = pct(&mut a.ttft, 0.9);
-            a.step.p90_e2e_ms = pct(&mut a.e2e, 0.9);
-            a.step.share = if tokens == 0 { 0.0 } else { a.tokens as f64 / tokens as f64 };
-            (name, a.step)
+        .map(|(name, mut c)| {
+            let step = ClassStep {
+                attempted: c.attempted,
+                completed: c.completed,
+                rejected: c.rejected,
+                failed: c.failed,
+                timeouts: c.timeouts,
+                p90_ttft_ms: pct(&mut c.ttft, 0.9),
+                p90_e2e_ms: pct(&mut c.e2e, 0.9),
+                share: if all.tokens == 0 { 0.0 } else { c.tokens as f64 / all.tokens as f64 },
+            };
+            (name, step)
         })
         .collect();
-    r.p50_ttft_ms = pct(&mut ttft, 0.5);
-    r.p90_ttft_ms = pct(&mut ttft, 0.9);
-    r.p50_itl_ms = pct(&mut itl, 0.5);
-    r.p90_itl_ms = pct(&mut itl, 0.9);
-    r.p50_tpot_ms = pct(&mut tpot, 0.5);
-    r.p90_tpot_ms = pct(&mut tpot, 0.9);
-    r.p50_e2e_ms = pct(&mut e2e, 0.5);
-    r.p90_e2e_ms = pct(&mut e2e, 0.9);
-    r.output_tokens_per_min = 60.0 * tokens as f64 / duration_s.max(1e-9);
-    r
+    StepReport {
+        qps,
+        sent_qps: all.attempted as f64 / duration_s.max(1e-9),
+        attempted: all.attempted,
+        completed: all.completed,
+        rejected: all.rejected,
+        failed: all.failed,
+        timeouts: all.timeouts,
+        p50_ttft_ms: pct(&mut all.ttft, 0.5),
+        p90_ttft_ms: pct(&mut all.ttft, 0.9),
+        p50_itl_ms: pct(&mut all.itl, 0.5),
+        p90_itl_ms: pct(&mut all.itl, 0.9),
+        p50_tpot_ms: pct(&mut all.tpot, 0.5),
+        p90_tpot_ms: pct(&mut all.tpot, 0.9),
+        p50_e2e_ms: pct(&mut all.e2e, 0.5),
+        p90_e2e_ms: pct(&mut all.e2e, 0.9),
+        output_tokens_per_min: 60.0 * all.tokens as f64 / duration_s.max(1e-9),
+        by_class,
+    }
 }
 
 #[cfg(test)]
