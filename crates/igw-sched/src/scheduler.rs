@@ -369,8 +369,11 @@ impl Scheduler {
         }
     }
 
-    /// Drops prefix state of endpoints no longer present.
+    /// Drops prefix and wait-tracking state of endpoints no longer present.
     pub fn retain_endpoints(&self, keep: impl Fn(igw_core::EndpointId) -> bool) {
+        if let Some(w) = &self.wait {
+            w.retain(&keep);
+        }
         if let Some(index) = &self.prefix {
             index.retain(keep);
         }

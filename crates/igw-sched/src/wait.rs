@@ -74,6 +74,11 @@ impl WaitTracker {
         map.entry(endpoint).or_default().finished_tokens += tokens;
     }
 
+    /// Forgets endpoints no longer in the pool.
+    pub fn retain(&self, keep: impl Fn(EndpointId) -> bool) {
+        self.endpoints.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| keep(*id));
+    }
+
     /// The learned rate of `endpoint` in estimated tokens per second, if any sample was taken.
     pub fn rate(&self, endpoint: EndpointId) -> Option<f64> {
         let map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
@@ -221,6 +226,9 @@ mod tests {
         t.estimate(&mut c, Instant::from_millis(2_200));
         t.estimate(&mut c, Instant::from_millis(3_300));
         assert_eq!(t.rate(fast), Some(1_000.0));
+        // An endpoint that leaves the pool is forgotten.
+        t.retain(|id| id != slow);
+        assert_eq!((t.rate(fast), t.rate(slow)), (Some(1_000.0), None));
         // Averaging: with alpha 0.5 a second sample moves the rate half way.
         let t = WaitTracker::new(WaitConfig { sample_interval: Duration::from_secs(1), alpha: 0.5, learn_speed: true });
         let mut c = [cand(1, 5, 8)];
