@@ -37,7 +37,7 @@ pub struct SchedulerArgs {
     /// Timed decisions.
     #[arg(long, default_value_t = 20_000)]
     pub decisions: usize,
-    /// Policy (igw, upstream-default, legacy-filter-tree, random, round-robin, least-queue).
+    /// Policy (igw, igw-wait, upstream-default, legacy-filter-tree, random, round-robin, least-queue).
     #[arg(long, default_value = "igw")]
     pub policy: String,
     /// Seed.
