@@ -1,30 +1,39 @@
 //! The cluster discrete-event simulation: N igw-sim engines in virtual time, an event queue
-//! (arrivals, step ends, metric scrapes, client timeouts, queue TTLs), and the real igw-sched
-//! scheduler (and flow controller) making every decision.
+//! (arrivals, step ends, metric scrapes, client timeouts, queue TTLs), and igw's production
+//! request core ([`igw_request::PoolCore`]) making every decision.
 //!
-//! What the router sees is what the live path sees: each replica's metrics as of its last scrape
-//! (every `scrape_interval_ms`, replicas' scrape phases spread over the period, so metrics are up
-//! to one period stale) and the router-local in-flight counters, incremented on dispatch and
-//! released on completion. Not modelled: network delay, the decision's own CPU time, retries.
+//! The simulator is the third driver of the core, beside the ext_proc server and the proxy: each
+//! arrival is a real OpenAI request body ([`crate::workload::completion_body`]) with the headers a
+//! benchmark client sends (the class's objective and fairness id), read by the same
+//! [`PoolCore::head`] / [`PoolCore::prepare`] (parse, model rewrite, objective and priority), then
+//! admitted (flow control or shedding), decided, attempted, and ended with the response's usage,
+//! all at virtual time. Each replica's metrics are its vLLM `/metrics` page as igw-sim renders it,
+//! parsed by igw-metrics as a live scrape is, every `scrape_interval_ms` (replicas' scrape phases
+//! spread over the period, so metrics are up to one period stale). Not modelled: network delay,
+//! the decision's own CPU time, connection failures (so no fallbacks are tried).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::Arc;
 
-use igw_core::{Datastore, Endpoint, EndpointMeta, EndpointMetrics, InferenceRequest, Instant};
+use bytes::Bytes;
+use igw_core::{Datastore, Endpoint, EndpointMeta, InferenceObjective, Instant, ObjectRef};
+use igw_metrics::EngineMapping;
+use igw_request::{Admission, PoolCore, Prepared, PreparedRequest, QueueId, Request, ResponseSummary, Usage};
 use igw_sched::detector::UtilizationDetector;
-use igw_sched::flow::{FlowController, Outcome as FlowOutcome, PoolLoad, QueuedRequest};
-use igw_sched::scoring::unseen_in_flight;
 use igw_sim::{Engine, EngineConfig, RequestId, SimRequest};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::error::BenchError;
-use crate::policy::{Policy, Router, power_of_two};
+use crate::policy::Policy;
 use crate::report::{ClassRow, Row};
 use crate::scenario::{ClassSpec, ClientMode, Scenario};
 use crate::stats::{LogHistogram, percentile};
-use crate::workload::{Generator, RequestSpec, arrival_times, prompt_text};
+use crate::workload::{Generator, RequestSpec, arrival_times, completion_body, prompt_text};
+
+/// The path every simulated request is sent to.
+const COMPLETIONS: &str = "/v1/completions";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
@@ -52,6 +61,8 @@ struct Req {
     arrival: f64,
     state: State,
     endpoint: usize,
+    /// The endpoint the core routed it to, once routed.
+    routed: Option<usize>,
     first: f64,
     last: f64,
     done: f64,
@@ -59,14 +70,12 @@ struct Req {
     cached: u32,
     /// Output tokens generated while every class was backlogged at the gate.
     backlogged_tokens: u32,
-    routed: Option<Routed>,
-    flow: Option<(Arc<str>, i32, u64)>,
-}
-
-#[derive(Debug)]
-enum Routed {
-    Sched(igw_sched::Decision),
-    Tokens(u64),
+    /// The request as the core prepared it (kept until it is decided).
+    prepared: Option<Box<PreparedRequest>>,
+    /// Its place in flow control while it waits there.
+    queue: Option<QueueId>,
+    /// The admitted request in the core: dropping it ends it.
+    request: Option<Request>,
 }
 
 /// What one simulation produced.
@@ -78,29 +87,30 @@ pub struct PointResult {
     pub virtual_s: f64,
     /// Engine steps simulated.
     pub steps: u64,
+    /// The endpoint index of every request the core routed, by request (arrival order); `None`
+    /// for one never routed (refused, expired in its queue, timed out while queued).
+    pub routed: Vec<Option<usize>>,
 }
 
 struct Sim<'a> {
     sc: &'a Scenario,
     classes: Vec<ClassSpec>,
-    policy: Policy,
+    core: Arc<PoolCore>,
     engines: Vec<Engine>,
     busy: Vec<bool>,
     endpoints: Vec<Arc<Endpoint>>,
     heap: BinaryHeap<Reverse<(u64, u64, Ev)>>,
     seq: u64,
     reqs: Vec<Req>,
-    queued: HashMap<u32, InferenceRequest>,
-    fc: Option<FlowController>,
+    queued: HashMap<QueueId, u32>,
     expire_at: Option<u64>,
-    detector: UtilizationDetector,
-    rng: SmallRng,
     unresolved: usize,
     itl: LogHistogram,
     steps: u64,
     model: String,
     block_size: u32,
     prefix_hashes: bool,
+    mapping: EngineMapping,
     /// Requests queued at the gate, per class.
     queued_by_class: Vec<u32>,
     /// Whether every class has requests queued at the gate, since when, and the time so far.
@@ -119,55 +129,14 @@ impl Sim<'_> {
         self.heap.push(Reverse((ns(at), self.seq, ev)));
     }
 
+    /// Scrapes replica `i` as a live scrape does: its vLLM metrics page, parsed by igw-metrics.
     fn scrape(&mut self, i: usize, now: f64) {
-        let s = self.engines[i].snapshot();
-        let split = |x: &str| x.split(',').filter(|a| !a.is_empty()).map(String::from).collect();
-        let last = s.lora_info.iter().max_by(|a, b| a.at_secs.total_cmp(&b.at_secs));
-        let m = EndpointMetrics {
-            waiting: s.waiting,
-            running: s.running,
-            kv_usage: s.kv_usage,
-            active_adapters: last.map(|l| split(&l.running)).unwrap_or_default(),
-            waiting_adapters: last.map(|l| split(&l.waiting)).unwrap_or_default(),
-            max_adapters: (s.max_loras > 0).then_some(s.max_loras),
-            cache_block_size: Some(s.block_size),
-            cache_num_blocks: Some(u64::from(s.num_gpu_blocks)),
-            update_time: Some(Instant::from_secs_f64(now)),
-        };
-        self.endpoints[i].set_metrics(m);
-    }
-
-    /// What the gate sees: the detector's saturation over the scraped metrics (with igw's in-flight
-    /// blend) and the router-local in-flight requests per endpoint.
-    fn load(&self, now: f64) -> PoolLoad {
-        let now = Instant::from_secs_f64(now);
-        let n = self.endpoints.len().max(1) as f64;
-        let (mut sat, mut in_flight) = (0.0, 0u64);
-        for e in &self.endpoints {
-            let mut m = (*e.metrics()).clone();
-            let f = e.in_flight().requests();
-            in_flight += f;
-            if self.policy.blend_in_flight {
-                m.waiting += unseen_in_flight(f, &m);
-            }
-            sat += self.detector.endpoint_score(&m, now);
+        let page = igw_sim::metrics_text::render_vllm(&self.engines[i].snapshot(), &self.model, |t| t);
+        let previous = self.endpoints[i].metrics();
+        let x = igw_metrics::extract_from_bytes(page.as_bytes(), &self.mapping, &previous, Instant::from_secs_f64(now));
+        if x.is_fresh() {
+            self.endpoints[i].set_metrics(x.metrics);
         }
-        PoolLoad { saturation: sat / n, in_flight_per_endpoint: in_flight as f64 / n }
-    }
-
-    fn request(&self, id: u32) -> InferenceRequest {
-        let r = &self.reqs[id as usize];
-        let text = prompt_text(&r.spec, u64::from(id));
-        let model = r.spec.adapter.as_deref().unwrap_or(&self.model);
-        let mut req = InferenceRequest::text(model, &text);
-        req.request_id = id.to_string();
-        req.max_tokens = Some(r.spec.output);
-        req.stream = self.sc.client.streaming;
-        let class = &self.classes[r.class];
-        req.priority = class.priority;
-        req.fairness_id = class.fairness_id.clone().unwrap_or_else(|| class.name.clone());
-        req.body_bytes = text.len() + 64;
-        req
     }
 
     /// Moves request `id` to `state`, keeping the per-class gate queue counts.
@@ -184,7 +153,7 @@ impl Sim<'_> {
 
     /// Updates the every-class-backlogged window after an event at `now`.
     fn track_backlog(&mut self, now: f64) {
-        let all = self.fc.is_some() && self.queued_by_class.iter().all(|&q| q > 0);
+        let all = self.core.has_flow_control() && self.queued_by_class.iter().all(|&q| q > 0);
         if all != self.all_backlogged {
             if self.all_backlogged {
                 self.backlogged_s += now - self.backlog_since;
@@ -200,36 +169,54 @@ impl Sim<'_> {
             self.set_state(id, State::Rejected);
             let r = &mut self.reqs[id as usize];
             r.done = now;
+            r.prepared = None;
+            r.request = None;
             self.unresolved -= 1;
+        }
+    }
+
+    /// The request a benchmark client sends for request `id`: body and class headers, read by
+    /// the core as a driver reads it.
+    fn prepare(&self, id: u32) -> Option<PreparedRequest> {
+        let r = &self.reqs[id as usize];
+        let text = prompt_text(&r.spec, u64::from(id));
+        let body = completion_body(&r.spec, &self.model, &text, self.sc.client.streaming);
+        let class = &self.classes[r.class];
+        let headers: Vec<(&str, &str)> = if self.sc.classes.is_empty() {
+            Vec::new()
+        } else {
+            vec![
+                ("x-gateway-inference-objective", class.name.as_str()),
+                ("x-gateway-inference-fairness-id", class.fairness_id.as_deref().unwrap_or(&class.name)),
+            ]
+        };
+        let head = self.core.head(Some(COMPLETIONS), headers);
+        match self.core.prepare(head, Some(Bytes::from(body)), None) {
+            Ok(Prepared::Inference(p)) => Some(*p),
+            _ => None,
         }
     }
 
     fn arrival(&mut self, id: u32, now: f64) {
         self.push(now + self.sc.client.timeout_s, Ev::Timeout(id));
-        let req = self.request(id);
-        if let Some(fc) = &mut self.fc {
-            let q = QueuedRequest::from_request(
-                u64::from(id),
-                &req,
-                Instant::from_secs_f64(now),
-                fc.config().output_token_weight,
-            );
-            match fc.enqueue(q) {
-                Ok(()) => {
-                    self.set_state(id, State::Queued);
-                    self.queued.insert(id, req);
-                    self.dispatch(now);
-                    self.arm_expiry();
-                }
-                Err(_) => self.reject(id, now),
+        let Some(prepared) = self.prepare(id) else { return self.reject(id, now) };
+        match self.core.admit(&prepared, Instant::from_secs_f64(now)) {
+            Ok(Admission::Admitted(r)) => self.route(id, r, &prepared, now),
+            Ok(Admission::Queued(q)) => {
+                self.set_state(id, State::Queued);
+                let r = &mut self.reqs[id as usize];
+                r.prepared = Some(Box::new(prepared));
+                r.queue = Some(q);
+                self.queued.insert(q, id);
+                self.dispatch(now);
+                self.arm_expiry();
             }
-        } else {
-            self.route(id, &req, now, true);
+            Err(_) => self.reject(id, now),
         }
     }
 
     fn arm_expiry(&mut self) {
-        let Some(next) = self.fc.as_ref().and_then(FlowController::next_deadline) else { return };
+        let Some(next) = self.core.next_deadline() else { return };
         let at = next.as_nanos();
         if self.expire_at.is_none_or(|e| at < e) {
             self.expire_at = Some(at);
@@ -238,51 +225,47 @@ impl Sim<'_> {
         }
     }
 
+    /// One dispatch cycle of the core at `now`, as the live gate runs one: each released request
+    /// is decided and routed, each expired one refused.
     fn dispatch(&mut self, now: f64) {
-        loop {
-            let load = self.load(now);
-            let Some(fc) = &mut self.fc else { return };
-            let Some(d) = fc.dispatch(Instant::from_secs_f64(now), load) else { return };
-            let id = d.id as u32;
-            self.reqs[id as usize].flow = Some((d.fairness_id.clone(), d.priority, d.charged));
-            if let Some(req) = self.queued.remove(&id) {
-                self.set_state(id, State::Pending);
-                self.route(id, &req, now, false);
+        self.dispatch_at(Instant::from_secs_f64(now), now);
+    }
+
+    fn dispatch_at(&mut self, t: Instant, now: f64) {
+        if self.core.queued() == 0 {
+            return;
+        }
+        for (q, result) in self.core.dispatch_cycle(t) {
+            let Some(id) = self.queued.remove(&q) else { continue };
+            self.reqs[id as usize].queue = None;
+            match result {
+                Ok(r) => {
+                    self.set_state(id, State::Pending);
+                    let prepared = self.reqs[id as usize].prepared.take();
+                    match prepared {
+                        Some(p) => self.route(id, r, &p, now),
+                        None => self.reject(id, now),
+                    }
+                }
+                Err(_) => self.reject(id, now),
             }
         }
     }
 
-    fn route(&mut self, id: u32, req: &InferenceRequest, now: f64, admit: bool) {
+    fn route(&mut self, id: u32, mut request: Request, prepared: &PreparedRequest, now: f64) {
         let t = Instant::from_secs_f64(now);
-        let (endpoint, routed) = match &mut self.policy.router {
-            Router::Scheduler(s) => {
-                if admit && s.admit(req, &self.endpoints, t).is_err() {
-                    return self.reject(id, now);
-                }
-                let Ok(d) = s.schedule(req, &self.endpoints, 1, t, &mut self.rng) else {
-                    return self.reject(id, now);
-                };
-                let ep = d.endpoints[0].clone();
-                s.on_routed(&d, &ep);
-                (ep.id().0 as usize, Routed::Sched(d))
-            }
-            Router::SglangCacheAware(m) => {
-                let i = m.pick(&req.prompt.prefix_text(), &self.endpoints);
-                self.endpoints[i].in_flight().add(req.estimated_tokens());
-                (i, Routed::Tokens(req.estimated_tokens()))
-            }
-            Router::PowerOfTwo => {
-                let i = power_of_two(&self.endpoints, &mut self.rng);
-                self.endpoints[i].in_flight().add(req.estimated_tokens());
-                (i, Routed::Tokens(req.estimated_tokens()))
-            }
+        let endpoint = match request.decide(prepared, None, t) {
+            Ok(eps) => eps[0].clone(),
+            Err(_) => return self.reject(id, now),
         };
+        request.attempt(&endpoint, t);
+        let e = endpoint.id().0 as usize;
         let r = &mut self.reqs[id as usize];
-        r.endpoint = endpoint;
-        r.routed = Some(routed);
+        r.endpoint = e;
+        r.routed = Some(e);
         r.state = State::Running;
         let hashes = if self.prefix_hashes {
-            let text = req.prompt.prefix_text();
+            let text = prepared.request.prompt.prefix_text();
             igw_sim::prompt::block_hashes(&text, self.block_size, r.spec.adapter.as_deref().unwrap_or(""))
         } else {
             Vec::new()
@@ -295,15 +278,17 @@ impl Sim<'_> {
             max_tokens: r.spec.output,
             adapter: r.spec.adapter.clone(),
         };
-        if self.engines[endpoint].submit(sim, t).is_err() {
-            self.release(id, now);
+        if self.engines[e].submit(sim, t).is_err() {
+            // The engine refused it (too long for its KV cache): released at once, as an error.
+            drop(request);
             let r = &mut self.reqs[id as usize];
             r.state = State::Rejected;
             r.done = now;
             self.unresolved -= 1;
             return;
         }
-        self.kick(endpoint, now);
+        self.reqs[id as usize].request = Some(request);
+        self.kick(e, now);
     }
 
     fn kick(&mut self, e: usize, now: f64) {
@@ -316,27 +301,11 @@ impl Sim<'_> {
         }
     }
 
-    /// Releases the router-side accounting of a dispatched request.
-    fn release(&mut self, id: u32, _now: f64) {
-        let r = &mut self.reqs[id as usize];
-        let ep = &self.endpoints[r.endpoint];
-        match r.routed.take() {
-            Some(Routed::Sched(d)) => {
-                if let Router::Scheduler(s) = &self.policy.router {
-                    s.on_finished(&d, ep);
-                }
-            }
-            Some(Routed::Tokens(t)) => ep.in_flight().release(t),
-            None => {}
-        }
-        if let (Some(fc), Some((fid, prio, charged))) = (&mut self.fc, r.flow.take()) {
-            fc.on_served(&fid, prio, u64::from(r.spec.input), u64::from(r.tokens), charged);
-        }
-    }
-
     fn step_end(&mut self, e: usize, now: f64) {
         self.busy[e] = false;
-        let out = self.engines[e].finish_step(Instant::from_secs_f64(now));
+        let t = Instant::from_secs_f64(now);
+        let out = self.engines[e].finish_step(t);
+        let streaming = self.sc.client.streaming;
         for ev in out.events {
             let id = ev.id.0 as u32;
             let r = &mut self.reqs[id as usize];
@@ -345,6 +314,9 @@ impl Sim<'_> {
             }
             if r.tokens == 0 {
                 r.first = now;
+                if let Some(req) = &mut r.request {
+                    req.first_byte(t);
+                }
             } else {
                 self.itl.record(now - r.last);
             }
@@ -356,28 +328,41 @@ impl Sim<'_> {
                 r.state = State::Completed;
                 r.done = now;
                 self.unresolved -= 1;
-                self.release(id, now);
+                // The response's usage, as the server reports it in its last event or body.
+                let (prompt, completion) = (u64::from(r.spec.input), u64::from(r.tokens));
+                let usage = Usage {
+                    prompt_tokens: prompt,
+                    completion_tokens: completion,
+                    total_tokens: prompt + completion,
+                    cached_tokens: u64::from(f.cached_tokens),
+                };
+                let summary =
+                    ResponseSummary { status: Some(200), streaming, usage: Some(usage), ..Default::default() };
+                if let Some(req) = r.request.take() {
+                    req.end(Some(&summary), t);
+                }
             }
         }
         self.kick(e, now);
-        if self.fc.as_ref().is_some_and(|f| !f.is_empty()) {
-            self.dispatch(now);
-        }
+        self.dispatch(now);
     }
 
     fn timeout(&mut self, id: u32, now: f64) {
+        let t = Instant::from_secs_f64(now);
         let state = self.reqs[id as usize].state;
         match state {
             State::Queued => {
-                if let Some(fc) = &mut self.fc {
-                    fc.cancel(u64::from(id));
+                if let Some(q) = self.reqs[id as usize].queue.take() {
+                    self.core.cancel(q, t);
+                    self.queued.remove(&q);
                 }
-                self.queued.remove(&id);
+                self.reqs[id as usize].prepared = None;
             }
             State::Running => {
                 let e = self.reqs[id as usize].endpoint;
-                self.engines[e].abort(RequestId(u64::from(id)), Instant::from_secs_f64(now));
-                self.release(id, now);
+                self.engines[e].abort(RequestId(u64::from(id)), t);
+                // The client gave up: the request ends without a response.
+                self.reqs[id as usize].request = None;
             }
             _ => return,
         }
@@ -385,20 +370,14 @@ impl Sim<'_> {
         let r = &mut self.reqs[id as usize];
         r.done = now;
         self.unresolved -= 1;
+        self.dispatch(now);
     }
 
     /// TTL expiry at the event's exact time in nanoseconds: going through `f64` seconds could
     /// round it down below the deadline, expire nothing, and re-arm the same event for ever.
     fn expire(&mut self, at_nanos: u64) {
         self.expire_at = None;
-        let now = at_nanos as f64 / 1e9;
-        let Some(fc) = &mut self.fc else { return };
-        let gone = fc.expire(Instant::from_nanos(at_nanos));
-        for (id, outcome) in gone {
-            debug_assert_eq!(outcome, FlowOutcome::EvictedTTL);
-            self.queued.remove(&(id as u32));
-            self.reject(id as u32, now);
-        }
+        self.dispatch_at(Instant::from_nanos(at_nanos), at_nanos as f64 / 1e9);
         self.arm_expiry();
     }
 }
@@ -471,11 +450,19 @@ pub fn run_point_with(
         cfg.max_loras = sc.fleet.max_loras;
         engines.push(Engine::new(cfg)?);
     }
-    let ds = Datastore::with_endpoints((0..engines.len()).map(|i| {
+    let ds = Arc::new(Datastore::with_endpoints((0..engines.len()).map(|i| {
         EndpointMeta::from_addr(std::net::SocketAddr::from(([10, 0, (i >> 8) as u8, (i & 255) as u8], 8000)))
-    }));
-    let endpoints = ds.snapshot().endpoints.clone();
+    })));
     let classes = sc.classes();
+    // The scenario's classes as InferenceObjectives, as the real-time runs configure the gateway.
+    for c in &sc.classes {
+        ds.apply_objective(InferenceObjective {
+            id: ObjectRef::new("default", &c.name),
+            priority: c.priority,
+            legacy_model_name: None,
+        });
+    }
+    let endpoints = ds.snapshot().endpoints.clone();
     let reqs: Vec<Req> = point_arrivals(sc, generator, qps)
         .into_iter()
         .map(|a| Req {
@@ -484,27 +471,28 @@ pub fn run_point_with(
             arrival: a.at,
             state: State::Pending,
             endpoint: 0,
+            routed: None,
             first: 0.0,
             last: 0.0,
             done: 0.0,
             tokens: 0,
             cached: 0,
             backlogged_tokens: 0,
-            routed: None,
-            flow: None,
+            prepared: None,
+            queue: None,
+            request: None,
         })
         .collect();
-    let fc = match &policy.flow {
-        Some(cfg) => {
-            Some(FlowController::new(cfg.clone()).map_err(|e| BenchError::Policy(policy_name.into(), e.to_string()))?)
-        }
-        None => None,
-    };
+    let mut core = PoolCore::new("sim", ds.clone(), Arc::new(policy.scheduler))
+        .with_seed(sc.arrivals.seed.wrapping_mul(31).wrapping_add(7));
+    if let Some(cfg) = policy.flow {
+        core = core.with_flow_control(cfg).map_err(|e| BenchError::Policy(policy_name.into(), e.to_string()))?;
+    }
     let n = engines.len();
     let mut sim = Sim {
         sc,
         classes: classes.clone(),
-        policy,
+        core: Arc::new(core),
         busy: vec![false; n],
         engines,
         endpoints,
@@ -513,15 +501,13 @@ pub fn run_point_with(
         unresolved: reqs.len(),
         reqs,
         queued: HashMap::new(),
-        fc,
         expire_at: None,
-        detector: UtilizationDetector::default(),
-        rng: SmallRng::seed_from_u64(sc.arrivals.seed.wrapping_mul(31).wrapping_add(7)),
         itl: LogHistogram::default(),
         steps: 0,
         model: profile.model.clone(),
         block_size: profile.block_size,
         prefix_hashes: matches!(sc.workload, crate::workload::WorkloadSpec::SharedPrefix { .. }),
+        mapping: EngineMapping::vllm(),
         queued_by_class: vec![0; classes.len()],
         all_backlogged: false,
         backlog_since: 0.0,
@@ -549,9 +535,7 @@ pub fn run_point_with(
                 if sim.unresolved > 0 {
                     sim.push(now + period, Ev::Scrape(e));
                 }
-                if sim.fc.as_ref().is_some_and(|f| !f.is_empty()) {
-                    sim.dispatch(now);
-                }
+                sim.dispatch(now);
             }
         }
         sim.track_backlog(now);
@@ -563,7 +547,8 @@ pub fn run_point_with(
         sim.backlogged_s += now - sim.backlog_since;
     }
     let row = summarize(&sim, policy_name, qps, capacity_qps, now);
-    Ok(PointResult { row, virtual_s: now, steps: sim.steps })
+    let routed = sim.reqs.iter().map(|r| r.routed).collect();
+    Ok(PointResult { row, virtual_s: now, steps: sim.steps, routed })
 }
 
 fn summarize(sim: &Sim<'_>, policy: &str, qps: f64, capacity: f64, end: f64) -> Row {

@@ -216,6 +216,26 @@ pub fn prompt_text(spec: &RequestSpec, id: u64) -> String {
     s
 }
 
+/// The OpenAI `/v1/completions` body a benchmark client sends for `spec` with `prompt`: the
+/// request's model (its adapter when it targets one), `max_tokens` the spec's output length
+/// (`ignore_eos`, as LPG, so the server generates exactly that many), and with `stream` usage
+/// asked for in the last event. The real-time runner sends it; the simulator feeds the same body
+/// to the request core.
+pub fn completion_body(spec: &RequestSpec, model: &str, prompt: &str, stream: bool) -> String {
+    let model = spec.adapter.as_deref().unwrap_or(model);
+    let mut body = serde_json::json!({
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": spec.output,
+        "ignore_eos": true,
+        "stream": stream,
+    });
+    if stream {
+        body["stream_options"] = serde_json::json!({"include_usage": true});
+    }
+    body.to_string()
+}
+
 /// How arrivals are spaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]

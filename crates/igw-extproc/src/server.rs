@@ -18,11 +18,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::conn::incoming;
 use crate::health::Health;
-use crate::picker::Picker;
 use crate::stream::{Step, StreamConfig, StreamState};
 use crate::tls::{TlsConfig, TlsError, server_config};
+use igw_request::Pool;
 
-/// Everything [`serve`] needs besides the picker and the listeners.
+/// Everything [`serve`] needs besides the pool and the listeners.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     /// Per-stream behaviour.
@@ -72,14 +72,14 @@ pub enum ServeError {
 /// `listeners.health`, until `shutdown` completes; then drains gracefully.
 pub async fn serve(
     config: ServerConfig,
-    picker: Arc<dyn Picker>,
+    pool: Arc<Pool>,
     listeners: Listeners,
     health: Health,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let tls = if config.tls.secure_serving { Some(server_config(&config.tls)?) } else { None };
     let shutdown = shutdown.shared();
-    let ext_proc = ExternalProcessorServer::new(ExtProcService::new(picker, config.stream.clone()))
+    let ext_proc = ExternalProcessorServer::new(ExtProcService::new(pool, config.stream.clone()))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
     let main = tonic::transport::Server::builder()
@@ -104,7 +104,7 @@ pub async fn serve(
 /// The `ExternalProcessor` service: one task per stream driving a [`StreamState`].
 #[derive(Clone)]
 pub struct ExtProcService {
-    picker: Arc<dyn Picker>,
+    pool: Arc<Pool>,
     config: Arc<StreamConfig>,
 }
 
@@ -115,9 +115,9 @@ impl std::fmt::Debug for ExtProcService {
 }
 
 impl ExtProcService {
-    /// A service handing every stream to `picker`.
-    pub fn new(picker: Arc<dyn Picker>, config: StreamConfig) -> Self {
-        ExtProcService { picker, config: Arc::new(config) }
+    /// A service running every stream's request through `pool`.
+    pub fn new(pool: Arc<Pool>, config: StreamConfig) -> Self {
+        ExtProcService { pool, config: Arc::new(config) }
     }
 }
 
@@ -131,8 +131,8 @@ impl ExternalProcessor for ExtProcService {
     ) -> Result<Response<Self::ProcessStream>, Status> {
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
-        let state = StreamState::new(self.picker.clone(), self.config.clone());
-        tokio::spawn(drive(inbound, tx, state, self.picker.clone()));
+        let state = StreamState::new(self.pool.clone(), self.config.clone());
+        tokio::spawn(drive(inbound, tx, state, self.pool.clone()));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -151,7 +151,7 @@ async fn send_all(tx: &Tx, out: Vec<ProcessingResponse>) -> bool {
 
 /// Runs one stream. Ends when the state machine is done, the gateway closes or resets the
 /// stream, or the response channel closes; dropping `state` then reports an unfinished pick.
-async fn drive(mut inbound: Streaming<ProcessingRequest>, tx: Tx, mut state: StreamState, picker: Arc<dyn Picker>) {
+async fn drive(mut inbound: Streaming<ProcessingRequest>, tx: Tx, mut state: StreamState, pool: Arc<Pool>) {
     // Messages that arrived while a pick was pending (e.g. request trailers).
     let mut backlog: VecDeque<ProcessingRequest> = VecDeque::new();
     while !state.is_done() {
@@ -168,9 +168,9 @@ async fn drive(mut inbound: Streaming<ProcessingRequest>, tx: Tx, mut state: Str
         };
         let step = match state.on_message(msg) {
             Step::Pick(pending) => {
-                // Await the pick, but keep reading: a reset stream cancels a queued request.
+                // Await admission, but keep reading: a reset stream cancels a queued request.
                 let result = {
-                    let pick = picker.pick(pending.prepared(), pending.subset());
+                    let pick = pool.admit(pending.prepared());
                     tokio::pin!(pick);
                     loop {
                         tokio::select! {
@@ -201,7 +201,7 @@ async fn drive(mut inbound: Streaming<ProcessingRequest>, tx: Tx, mut state: Str
                 return;
             }
             Step::Pick(_) => {
-                let _ = tx.send(Err(Status::internal("picker asked to pick twice"))).await;
+                let _ = tx.send(Err(Status::internal("the request was admitted twice"))).await;
                 return;
             }
         }

@@ -1,9 +1,11 @@
 //! The per-stream state machine: one ext_proc stream is one HTTP request and its response.
 //!
 //! [`StreamState`] is a plain struct fed [`ProcessingRequest`]s; it answers with
-//! [`ProcessingResponse`]s and never does I/O. The one asynchronous step, the pick, is handed to
-//! the caller as [`Step::Pick`]; the caller awaits [`Picker::pick`] and feeds the result back with
-//! [`StreamState::on_picked`]. The gRPC server in `server.rs` is a thin loop around this.
+//! [`ProcessingResponse`]s and never does I/O. It drives the request core
+//! ([`igw_request::PoolCore`]): the one asynchronous step, admission (flow control may hold the
+//! request), is handed to the caller as [`Step::Pick`]; the caller awaits [`Pool::admit`] and
+//! feeds the admitted request back with [`StreamState::on_picked`], which decides and answers. The
+//! gRPC server in `server.rs` is a thin loop around this.
 //!
 //! Body modes, read from `protocol_config` on the first message (absent: full duplex):
 //!
@@ -36,14 +38,12 @@ use igw_request::headers::{
     TEST_ENDPOINT_SELECTION,
 };
 use igw_request::{
-    BodyBuffer, DEFAULT_MAX_BODY_BYTES, EndpointSubset, ErrorCode, HeaderMutations, ModelNameRestorer, Prepared,
-    PreparedRequest, RequestError, RequestHead, ResponseTracker, streamed_chunks,
+    BodyBuffer, DEFAULT_MAX_BODY_BYTES, EndpointSubset, ErrorCode, HeaderMutations, ModelNameRestorer, Pool, Prepared,
+    PreparedRequest, Request, RequestError, RequestHead, ResponseTracker, streamed_chunks,
 };
-use rand::Rng;
 use tonic::Status;
 
 use crate::metadata::{destination_metadata, header_value, served_endpoint, set_header, subset_hint};
-use crate::picker::{Picked, Picker};
 
 /// Response header naming the endpoint the EPP picked (conformance test mode).
 pub const CONFORMANCE_SELECTED_ENDPOINT: &str = "x-conformance-test-selected-endpoint";
@@ -93,11 +93,16 @@ impl Default for StreamConfig {
 pub enum Step {
     /// Send these responses (possibly none) in order, then read the next message.
     Reply(Vec<ProcessingResponse>),
-    /// The request is complete: await [`Picker::pick`] on it and pass the result to
+    /// The request is complete: await [`Pool::admit`] on it and pass the result to
     /// [`StreamState::on_picked`].
     Pick(PendingPick),
     /// End the stream with this gRPC error (the gateway then applies its failure mode).
     Fail(Status),
+}
+
+/// The addresses a request is sent to, primary first.
+struct Picked {
+    endpoints: Vec<SocketAddr>,
 }
 
 /// A complete request waiting for its pick.
@@ -139,10 +144,10 @@ enum RequestMode {
     NoBody,
 }
 
-/// The state of one ext_proc stream. Dropping it before the response ended reports the pick as
-/// finished without a summary, so a picker's accounting survives aborted streams.
+/// The state of one ext_proc stream. Dropping it before the response ended drops its
+/// [`Request`], which ends it without a summary: the core's accounting survives aborted streams.
 pub struct StreamState {
-    picker: Arc<dyn Picker>,
+    pool: Arc<Pool>,
     config: Arc<StreamConfig>,
     modes_known: bool,
     request_mode: RequestMode,
@@ -152,7 +157,9 @@ pub struct StreamState {
     head: Option<RequestHead>,
     body: BodyBuffer,
     subset: Option<EndpointSubset>,
-    picked: Option<Picked>,
+    request: Option<Request>,
+    /// Headers the core adds to the client's response (a session token).
+    response_headers: Vec<(String, String)>,
     tracker: ResponseTracker,
     restorer: ModelNameRestorer,
     served: Option<SocketAddr>,
@@ -183,17 +190,17 @@ impl std::fmt::Debug for StreamState {
             .field("phase", &self.phase)
             .field("request_mode", &self.request_mode)
             .field("response_duplex", &self.response_duplex)
-            .field("picked", &self.picked)
+            .field("request", &self.request)
             .finish_non_exhaustive()
     }
 }
 
 impl StreamState {
     /// A fresh stream.
-    pub fn new(picker: Arc<dyn Picker>, config: Arc<StreamConfig>) -> Self {
+    pub fn new(pool: Arc<Pool>, config: Arc<StreamConfig>) -> Self {
         let body = BodyBuffer::new(config.max_body_bytes);
         StreamState {
-            picker,
+            pool,
             config,
             modes_known: false,
             request_mode: RequestMode::Duplex,
@@ -203,7 +210,8 @@ impl StreamState {
             head: None,
             body,
             subset: None,
-            picked: None,
+            request: None,
+            response_headers: Vec::new(),
             tracker: ResponseTracker::default(),
             restorer: ModelNameRestorer::default(),
             served: None,
@@ -234,6 +242,11 @@ impl StreamState {
             if let Some(addr) = served_endpoint(md) {
                 self.served = Some(addr);
                 self.served_report = ServedReport::Served(addr);
+                // Envoy may have used a fallback: the accounting follows the endpoint it reports.
+                let now = self.pool.now();
+                if let Some(r) = &mut self.request {
+                    r.served_by(addr, now);
+                }
             } else if md.filter_metadata.contains_key(ENVOY_LB_NAMESPACE) && self.served.is_none() {
                 self.served_report = ServedReport::NoServedKey;
             }
@@ -254,21 +267,27 @@ impl StreamState {
         result.unwrap_or_else(|e| self.fail(e))
     }
 
-    /// Feeds the result of [`Picker::pick`] for `pending`.
-    pub fn on_picked(&mut self, pending: PendingPick, result: Result<Picked, RequestError>) -> Step {
+    /// Feeds the result of admission ([`Pool::admit`]) for `pending`: decides where the request
+    /// goes and answers the gateway.
+    pub fn on_picked(&mut self, pending: PendingPick, result: Result<Request, RequestError>) -> Step {
         if self.phase != Phase::Picking {
             return self.fail(RequestError::internal("pick result without a pending request"));
         }
-        let mut picked = match result {
-            Ok(p) => p,
+        let mut request = match result {
+            Ok(r) => r,
             Err(e) => return self.fail(e),
         };
-        picked.endpoints.truncate(self.config.max_endpoints.max(1));
-        if picked.endpoints.is_empty() {
-            // Nothing to route to; the picker still hears about the request exactly once.
-            self.picker.finished(&picked, None, None);
-            return self.fail(RequestError::service_unavailable(MSG_NO_CANDIDATES));
+        let now = self.pool.now();
+        let endpoints: Vec<SocketAddr> = match request.decide(&pending.prepared, pending.subset.as_ref(), now) {
+            Ok(eps) => eps.iter().take(self.config.max_endpoints.max(1)).map(|e| e.address()).collect(),
+            // The request is dropped here: its place in flow control is released.
+            Err(e) => return self.fail(e),
+        };
+        if let Some(primary) = request.endpoints().first().cloned() {
+            request.attempt(&primary, now);
         }
+        self.response_headers = request.response_headers();
+        let picked = Picked { endpoints };
         let PendingPick { prepared, ended_by_trailers, .. } = pending;
         let mut mutations = prepared.mutations.clone();
         if prepared.request.header(DESTINATION_ENDPOINT_SERVED).is_some() {
@@ -283,7 +302,7 @@ impl StreamState {
         }
         self.tracker = prepared.response_tracker();
         self.restorer = prepared.model_restorer();
-        self.picked = Some(picked);
+        self.request = Some(request);
         self.phase = Phase::Response;
         let mut out = Vec::new();
         if self.request_mode == RequestMode::Duplex {
@@ -338,7 +357,7 @@ impl StreamState {
             .flat_map(|m| m.headers.iter())
             .map(|hv| (hv.key.clone(), header_value(hv).into_owned()))
             .collect();
-        let head = RequestHead::new(None, pairs, rand::rng().random());
+        let head = self.pool.core().head(None, pairs);
         #[cfg(feature = "otel")]
         {
             self.span = Some(crate::otel::RequestSpan::start(&head.headers));
@@ -364,7 +383,7 @@ impl StreamState {
         };
         let addr = match self.steering(&head) {
             Some(steer) => self.pick_steered(&steer)?,
-            None => self.picker.pick_any()?,
+            None => self.pool.core().pick_any()?.address(),
         };
         self.selected = Some(addr);
         let mut mutations = nb.mutations;
@@ -406,7 +425,7 @@ impl StreamState {
     fn complete_request(&mut self, ended_by_trailers: bool) -> Result<Step, RequestError> {
         let head = self.head.take().ok_or_else(|| protocol_error("request completed without headers"))?;
         let body = self.body.take();
-        let snapshot = self.picker.snapshot();
+        let snapshot = self.pool.core().snapshot();
         if let Some(steer) = self.steering(&head) {
             // Confine the pick to the steered endpoints (and the gateway's hint, when it sent one).
             let hint = self.subset.take();
@@ -417,7 +436,7 @@ impl StreamState {
                 .filter(|a| steer.admits(*a) && hint.as_ref().is_none_or(|h| h.admits(*a)));
             self.subset = Some(EndpointSubset::of_addresses(allowed));
         }
-        let prepared = match head.prepare(Some(body), &snapshot, rand::rng().random())? {
+        let prepared = match self.pool.core().prepare(head, Some(body), None)? {
             Prepared::Inference(p) => p,
             Prepared::NoBody(_) => return Err(RequestError::internal("request with a body prepared as body-less")),
         };
@@ -431,6 +450,10 @@ impl StreamState {
 
     fn on_response_headers(&mut self, h: HttpHeaders) -> Result<Step, RequestError> {
         self.enter_response()?;
+        let now = self.pool.now();
+        if let Some(r) = &mut self.request {
+            r.first_byte(now);
+        }
         self.tracker
             .on_headers(h.headers.iter().flat_map(|m| m.headers.iter()).map(|hv| (hv.key.as_str(), header_str(hv))));
         let reply = ProcessingResponse {
@@ -493,7 +516,7 @@ impl StreamState {
 
     /// A uniformly random endpoint among the steered ones (body-less requests); none → 503.
     fn pick_steered(&self, steer: &EndpointSubset) -> Result<SocketAddr, RequestError> {
-        let snapshot = self.picker.snapshot();
+        let snapshot = self.pool.core().snapshot();
         let hint = self.subset.as_ref();
         let eligible: Vec<SocketAddr> = snapshot
             .endpoints
@@ -504,7 +527,8 @@ impl StreamState {
         if eligible.is_empty() {
             return Err(RequestError::service_unavailable(MSG_NO_CANDIDATES));
         }
-        Ok(eligible[rand::rng().random_range(0..eligible.len())])
+        let i = self.pool.core().draw() % eligible.len() as u64;
+        Ok(eligible[i as usize])
     }
 
     /// Asks the conformance echo backend to reflect the pick (`X-Echo-Set-Header`), as upstream's
@@ -518,8 +542,7 @@ impl StreamState {
     /// The response-headers answer: the picker's response headers (e.g. a session token) and,
     /// in conformance test mode, the verifier's; empty when there are none.
     fn response_headers_answer(&self) -> HeadersResponse {
-        let mut set: Vec<_> =
-            self.picked.iter().flat_map(|p| p.response_headers.iter()).map(|(k, v)| set_header(k, v)).collect();
+        let mut set: Vec<_> = self.response_headers.iter().map(|(k, v)| set_header(k, v)).collect();
         if self.config.served_endpoint_verifier {
             set.extend(self.verifier_headers());
         }
@@ -561,9 +584,9 @@ impl StreamState {
 
     fn finish_response(&mut self) {
         self.phase = Phase::Done;
-        if let Some(picked) = self.picked.take() {
+        if let Some(request) = self.request.take() {
             let summary = self.tracker.finish();
-            self.picker.finished(&picked, Some(&summary), self.served);
+            request.end(Some(&summary), self.pool.now());
         }
     }
 
@@ -584,14 +607,6 @@ impl StreamState {
                 };
                 Step::Fail(Status::new(code, format!("failed to handle request: {e}")))
             }
-        }
-    }
-}
-
-impl Drop for StreamState {
-    fn drop(&mut self) {
-        if let Some(picked) = self.picked.take() {
-            self.picker.finished(&picked, None, self.served);
         }
     }
 }

@@ -1,61 +1,38 @@
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Mutex;
-
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue, Metadata};
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpTrailers, ProtocolConfiguration};
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
 use igw_core::{Datastore, EndpointMeta};
-use igw_request::{ResponseSummary, Usage};
+use igw_request::Usage;
 
 use super::*;
 use crate::metadata::string_value;
-use crate::picker::{FixedPicker, PickFuture};
 
-/// One `finished` call: token, summary, served endpoint.
-type Finish = (u64, Option<ResponseSummary>, Option<SocketAddr>);
-
-/// Wraps a [`FixedPicker`], records `finished` calls, optionally fails every pick.
-struct TestPicker {
-    inner: FixedPicker,
-    fail: Option<RequestError>,
-    finished: Mutex<Vec<Finish>>,
-}
-
-impl Picker for TestPicker {
-    fn snapshot(&self) -> Arc<Snapshot> {
-        self.inner.snapshot()
-    }
-    fn pick<'a>(&'a self, prepared: &'a PreparedRequest, subset: Option<&'a EndpointSubset>) -> PickFuture<'a> {
-        match &self.fail {
-            Some(e) => Box::pin(std::future::ready(Err(e.clone()))),
-            None => self.inner.pick(prepared, subset),
-        }
-    }
-    fn pick_any(&self) -> Result<SocketAddr, RequestError> {
-        self.inner.pick_any()
-    }
-    fn finished(&self, picked: &Picked, summary: Option<&ResponseSummary>, served: Option<SocketAddr>) {
-        self.inner.finished(picked, summary, served);
-        self.finished.lock().unwrap().push((picked.token, summary.copied(), served));
-    }
-}
+use igw_testkit::{Recorder, TestPool};
 
 const EPS: &str = "10.0.0.1:8000,10.0.0.2:8000,10.0.0.3:8000";
 
-fn picker_with(endpoints: &str, max: usize) -> Arc<TestPicker> {
-    let metas = if endpoints.is_empty() { Vec::new() } else { EndpointMeta::parse_list(endpoints).unwrap() };
-    let ds = Arc::new(Datastore::with_endpoints(metas));
-    Arc::new(TestPicker { inner: FixedPicker::new(ds, max), fail: None, finished: Mutex::new(Vec::new()) })
+fn picker_with(endpoints: &str, max: usize) -> Arc<TestPool> {
+    TestPool::build(igw_testkit::datastore(endpoints), "round-robin", max, Recorder::default())
 }
 
-fn state(p: &Arc<TestPicker>) -> StreamState {
+fn failing(err: RequestError) -> Arc<TestPool> {
+    TestPool::build(igw_testkit::datastore(EPS), "round-robin", 1, Recorder::failing(err))
+}
+
+/// The ends the pool's core reported.
+fn ends(p: &TestPool) -> Vec<igw_testkit::End> {
+    p.recorder.ends()
+}
+
+fn state(p: &Arc<TestPool>) -> StreamState {
     state_cfg(p, StreamConfig::default())
 }
 
-fn state_cfg(p: &Arc<TestPicker>, cfg: StreamConfig) -> StreamState {
-    StreamState::new(p.clone(), Arc::new(cfg))
+fn state_cfg(p: &Arc<TestPool>, cfg: StreamConfig) -> StreamState {
+    StreamState::new(p.pool.clone(), Arc::new(cfg))
 }
 
 fn header_map(headers: &[(&str, &str)]) -> HeaderMap {
@@ -135,8 +112,8 @@ fn feed(s: &mut StreamState, m: ProcessingRequest) -> Vec<ProcessingResponse> {
 fn feed_step(s: &mut StreamState, m: ProcessingRequest) -> Step {
     match s.on_message(m) {
         Step::Pick(pending) => {
-            let picker = s.picker.clone();
-            let r = futures::executor::block_on(picker.pick(pending.prepared(), pending.subset()));
+            let pool = s.pool.clone();
+            let r = futures::executor::block_on(pool.admit(pending.prepared()));
             s.on_picked(pending, r)
         }
         other => other,
@@ -209,6 +186,8 @@ fn duplex_body_split_across_chunks() {
     assert!(feed(&mut s, post("/v1/completions")).is_empty(), "headers are held");
     assert!(feed(&mut s, body(&BODY[..13], false)).is_empty());
     assert!(feed(&mut s, body(&BODY[13..], true)).len() == 2);
+    // A fresh round-robin pool: its first pick is the first endpoint.
+    let p = picker_with(EPS, 1);
     let mut s = state(&p);
     feed(&mut s, post("/v1/completions"));
     feed(&mut s, body(&BODY[..5], false));
@@ -261,7 +240,7 @@ fn bad_json_and_missing_model_are_400() {
     let out = feed(&mut s, body(br#"{"prompt":"hello world"}"#, true));
     assert_eq!(immediate(&out), (400, "inference error: BadRequest - model not found in request body".into()));
     drop(s);
-    assert!(p.finished.lock().unwrap().is_empty(), "nothing was picked");
+    assert!(ends(&p).is_empty(), "nothing was picked");
 }
 
 #[test]
@@ -306,7 +285,7 @@ fn bodyless_get_routes_at_once() {
     let out = feed(&mut s, resp_body(b"{\"data\":[]}", true));
     assert_eq!(streamed_of(&out), vec![(b"{\"data\":[]}".to_vec(), true)]);
     assert!(s.is_done());
-    assert!(p.finished.lock().unwrap().is_empty(), "body-less requests are not picks");
+    assert!(ends(&p).is_empty(), "body-less requests are not picks");
 
     let empty = picker_with("", 1);
     let mut s = state(&empty);
@@ -318,7 +297,7 @@ fn subset_list(items: &[&str]) -> Value {
     Value { kind: Some(Kind::ListValue(ListValue { values: items.iter().map(|s| string_value(*s)).collect() })) }
 }
 
-fn destination_with_subset(p: &Arc<TestPicker>, v: Value) -> Result<String, (i32, String)> {
+fn destination_with_subset(p: &Arc<TestPool>, v: Value) -> Result<String, (i32, String)> {
     let mut s = state(p);
     feed(
         &mut s,
@@ -346,7 +325,8 @@ fn subset_hint_confines_the_pick() {
             "inference error: ServiceUnavailable - failed to find endpoint candidates for serving the request".into()
         )
     );
-    // Ignored when the filter is disabled.
+    // Ignored when the filter is disabled (a fresh round-robin pool picks the first endpoint).
+    let p = picker_with(EPS, 1);
     let mut s = state_cfg(&p, StreamConfig { disable_subset_filter: true, ..Default::default() });
     let m = with_metadata(post("/"), "envoy.lb.subset_hint", "x-gateway-destination-endpoint-subset", subset_list(&[]));
     feed(&mut s, m);
@@ -432,7 +412,7 @@ fn buffered_mode() {
     };
     assert_eq!(b, br#""model":"m"}"#);
     assert!(s.is_done());
-    assert_eq!(p.finished.lock().unwrap().len(), 1);
+    assert_eq!(ends(&p).len(), 1);
 }
 
 #[test]
@@ -447,7 +427,7 @@ fn buffered_bodyless_and_unrewritten() {
     // No response body messages in NONE mode: the response ends with its headers.
     feed(&mut s, resp_headers(&[(":status", "200")], false));
     assert!(s.is_done());
-    assert_eq!(p.finished.lock().unwrap().len(), 1);
+    assert_eq!(ends(&p).len(), 1);
 }
 
 #[test]
@@ -471,9 +451,9 @@ fn response_model_name_written_back_across_chunks() {
     }
     let v: serde_json::Value = serde_json::from_slice(&echoed).unwrap();
     assert_eq!(v["model"], "m");
-    let f = p.finished.lock().unwrap();
+    let f = ends(&p);
     assert_eq!(f.len(), 1);
-    let summary = f[0].1.unwrap();
+    let summary = f[0].0.unwrap();
     assert_eq!(summary.usage.map(|u| u.total_tokens), Some(7));
     assert!(!summary.streaming);
 }
@@ -500,9 +480,9 @@ fn sse_usage_reaches_finished() {
     feed(&mut s, resp_body(events[1].as_bytes(), false));
     assert_eq!(streamed_of(&feed(&mut s, resp_body(b"", true))), vec![(Vec::new(), true)]);
     drop(s);
-    let f = p.finished.lock().unwrap();
+    let f = ends(&p);
     assert_eq!(f.len(), 1, "exactly once");
-    let (_, summary, served) = &f[0];
+    let (summary, served) = &f[0];
     let summary = summary.unwrap();
     assert!(summary.streaming);
     assert_eq!(
@@ -520,14 +500,14 @@ fn finished_once_on_abort() {
     feed(&mut s, body(BODY, true));
     feed(&mut s, resp_headers(&[(":status", "200")], false));
     drop(s);
-    assert_eq!(p.finished.lock().unwrap().len(), 1);
-    assert!(p.finished.lock().unwrap()[0].1.is_none(), "no summary on abort");
-    assert_eq!(p.inner.in_flight(), 0);
+    assert_eq!(ends(&p).len(), 1);
+    assert!(ends(&p)[0].0.is_none(), "no summary on abort");
+    assert_eq!(p.in_flight(), 0);
     // Aborted before the pick: nothing to finish.
     let mut s = state(&p);
     feed(&mut s, post("/v1/completions"));
     drop(s);
-    assert_eq!(p.finished.lock().unwrap().len(), 1);
+    assert_eq!(ends(&p).len(), 1);
 }
 
 #[test]
@@ -538,15 +518,13 @@ fn server_errors_and_statuses() {
     feed(&mut s, body(BODY, true));
     feed(&mut s, resp_headers(&[(":status", "503")], false));
     feed(&mut s, resp_body(b"overloaded", true));
-    assert!(p.finished.lock().unwrap()[0].1.unwrap().model_server_error);
+    assert!(ends(&p)[0].0.unwrap().model_server_error);
 
     for (err, code) in [
         (RequestError::new(ErrorCode::ModelServerError, "x"), tonic::Code::Internal),
         (RequestError::new(ErrorCode::Unknown, "x"), tonic::Code::Unknown),
     ] {
-        let ds = Arc::new(Datastore::with_endpoints(EndpointMeta::parse_list(EPS).unwrap()));
-        let p =
-            Arc::new(TestPicker { inner: FixedPicker::new(ds, 1), fail: Some(err), finished: Mutex::new(Vec::new()) });
+        let p = failing(err);
         let mut s = state(&p);
         feed(&mut s, post("/v1/completions"));
         match feed_step(&mut s, body(BODY, true)) {
@@ -555,12 +533,7 @@ fn server_errors_and_statuses() {
         }
         assert!(s.is_done());
     }
-    let ds = Arc::new(Datastore::with_endpoints(EndpointMeta::parse_list(EPS).unwrap()));
-    let p = Arc::new(TestPicker {
-        inner: FixedPicker::new(ds, 1),
-        fail: Some(RequestError::resource_exhausted("system saturated, sheddable request dropped")),
-        finished: Mutex::new(Vec::new()),
-    });
+    let p = failing(RequestError::resource_exhausted("system saturated, sheddable request dropped"));
     let mut s = state(&p);
     feed(&mut s, post("/v1/completions"));
     assert_eq!(
@@ -585,7 +558,7 @@ fn request_trailers_end_the_body() {
     let out = feed(&mut s, req(processing_request::Request::ResponseTrailers(HttpTrailers::default())));
     assert!(matches!(out.last().unwrap().response, Some(processing_response::Response::ResponseTrailers(_))));
     assert!(s.is_done());
-    assert_eq!(p.finished.lock().unwrap().len(), 1);
+    assert_eq!(ends(&p).len(), 1);
 }
 
 #[test]
@@ -612,7 +585,7 @@ fn steered_post(selection: &str) -> ProcessingRequest {
 }
 
 /// The destination of a steered request, or its immediate error status.
-fn steered_destination(p: &Arc<TestPicker>, cfg: StreamConfig, selection: &str) -> Result<String, i32> {
+fn steered_destination(p: &Arc<TestPool>, cfg: StreamConfig, selection: &str) -> Result<String, i32> {
     let mut s = state_cfg(p, cfg);
     feed(&mut s, steered_post(selection));
     let out = feed(&mut s, body(BODY, true));
@@ -728,14 +701,13 @@ fn otel_spans_continue_the_callers_trace() {
     );
 }
 
-/// The picker's response headers (here the Director's session token) reach the client's response.
+/// The core's response headers (here the session token) reach the client's response.
 #[test]
 fn session_token_is_written_on_the_response() {
     let ds = Arc::new(Datastore::with_endpoints(EndpointMeta::parse_list(EPS).unwrap()));
     let sched = igw_sched::config::scheduler_from_yaml("plugins:\n- type: session-affinity-scorer\n").unwrap();
-    let director = Arc::new(igw_request::Director::new(ds, Arc::new(sched), 1));
-    let lc: Arc<dyn Picker> = Arc::new(crate::Lifecycle::new(director, 1));
-    let mut s = StreamState::new(lc, Arc::new(StreamConfig::default()));
+    let p = TestPool::with_scheduler(ds, sched, 1, Recorder::default());
+    let mut s = state(&p);
     let token = igw_sched::session::encode_token("default", "10.0.0.2:8000");
     feed(&mut s, headers(&[(":method", "POST"), (":path", "/v1/completions"), ("x-session-token", &token)], false));
     let out = feed(&mut s, body(BODY, true));

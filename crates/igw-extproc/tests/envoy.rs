@@ -24,11 +24,10 @@ use hyper::{Request, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use igw_core::{Datastore, EndpointMeta, Snapshot};
-use igw_extproc::{
-    FixedPicker, Health, Listeners, PickFuture, Picked, Picker, ServerConfig, StreamConfig, TlsConfig, serve,
-};
-use igw_request::{EndpointSubset, PreparedRequest, RequestError, ResponseSummary};
+use igw_core::{Datastore, EndpointMeta};
+use igw_extproc::{Health, Listeners, ServerConfig, StreamConfig, TlsConfig, serve};
+use igw_request::RequestError;
+use igw_testkit::{Recorder, TestPool};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -150,30 +149,9 @@ async fn gathering_backend(n: usize) -> SocketAddr {
 
 // ---------- EPP ----------
 
-/// FixedPicker, but model `unavailable` gets 503.
-struct TestPicker(FixedPicker);
-
-impl Picker for TestPicker {
-    fn snapshot(&self) -> Arc<Snapshot> {
-        self.0.snapshot()
-    }
-    fn pick<'a>(&'a self, prepared: &'a PreparedRequest, subset: Option<&'a EndpointSubset>) -> PickFuture<'a> {
-        if prepared.request.model == "unavailable" {
-            return Box::pin(std::future::ready(Err(RequestError::service_unavailable("no capacity for test"))));
-        }
-        self.0.pick(prepared, subset)
-    }
-    fn pick_any(&self) -> Result<SocketAddr, RequestError> {
-        self.0.pick_any()
-    }
-    fn finished(&self, picked: &Picked, summary: Option<&ResponseSummary>, served: Option<SocketAddr>) {
-        self.0.finished(picked, summary, served)
-    }
-}
-
 struct Epp {
     port: u16,
-    picker: Arc<TestPicker>,
+    picker: Arc<TestPool>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -184,12 +162,13 @@ async fn epp(secure: bool, endpoints: &[SocketAddr]) -> Epp {
 async fn epp_with(secure: bool, endpoints: &[SocketAddr], stream: StreamConfig) -> Epp {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
-    let metas = endpoints.iter().map(|a| EndpointMeta::from_addr(*a));
-    let picker = Arc::new(TestPicker(FixedPicker::new(Arc::new(Datastore::with_endpoints(metas)), 1)));
+    // Round robin (a fresh pool's first pick is the first endpoint); model `unavailable` gets 503.
+    let refuse = Recorder::refusing_model("unavailable", RequestError::service_unavailable("no capacity for test"));
+    let picker = TestPool::build(igw_testkit::datastore_of(endpoints), "round-robin", 1, refuse);
     let config =
         ServerConfig { stream, tls: TlsConfig { secure_serving: secure, ..Default::default() }, ..Default::default() };
     let (stop, rx) = oneshot::channel::<()>();
-    let (p, h) = (picker.clone(), Health::new(true).await);
+    let (p, h) = (picker.pool.clone(), Health::new(true).await);
     tokio::spawn(async move {
         let shutdown = async move {
             let _ = rx.await;
@@ -308,10 +287,10 @@ fn json(r: &Reply) -> serde_json::Value {
     serde_json::from_slice(&r.body).unwrap_or_else(|_| panic!("not JSON: {:?}", r.body))
 }
 
-async fn wait_idle(p: &TestPicker) {
+async fn wait_idle(p: &TestPool) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while p.0.in_flight() != 0 {
-        assert!(Instant::now() < deadline, "{} picks never finished", p.0.in_flight());
+    while p.in_flight() != 0 {
+        assert!(Instant::now() < deadline, "{} picks never finished", p.in_flight());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -434,7 +413,9 @@ async fn envoy_override_host_and_fail_open() {
     let Some(bin) = envoy_bin() else { return };
     let (b1, b2) = (backend().await, backend().await);
     let backends = [("BACKEND_1_PORT", b1.port().to_string()), ("BACKEND_2_PORT", b2.port().to_string())];
-    let epp = epp(false, &[b2, b1]).await;
+    // The EPP's pool is b2 alone while Envoy's cluster holds both: Envoy's own round robin would
+    // send half the requests to b1.
+    let epp = epp(false, &[b2]).await;
     let mut vars = vec![("EPP_PORT", epp.port.to_string())];
     vars.extend(backends.iter().cloned());
     let envoy = start_envoy(&bin, "extproc-override-host.yaml", &vars).await;
@@ -576,7 +557,7 @@ async fn envoy_client_abort_mid_stream_releases_the_pick() {
     let mut body = resp.into_body();
     let first = body.frame().await.unwrap().unwrap();
     assert!(first.is_data());
-    assert_eq!(epp.picker.0.in_flight(), 1, "the stream is still being served");
+    assert_eq!(epp.picker.in_flight(), 1, "the stream is still being served");
     drop(body);
     wait_idle(&epp.picker).await;
 }
@@ -623,7 +604,7 @@ async fn envoy_body_based_routing() {
     drop(stop);
 }
 
-/// The whole picture: real Envoy → `Lifecycle<Director>` (the `igw` policy, as `igw epp` runs
+/// The whole picture: real Envoy → the request core (the `igw` policy, as `igw epp` runs
 /// it) → a fleet of simulated vLLM replicas. Every check names the replica that served.
 #[tokio::test]
 async fn envoy_director_over_simulated_fleet() {
@@ -638,15 +619,12 @@ async fn envoy_director_over_simulated_fleet() {
         priority: -1,
         legacy_model_name: None,
     });
-    let director = Arc::new(igw_request::Director::new(
-        ds.clone(),
-        Arc::new(igw_sched::Scheduler::from_policy("igw").unwrap()),
-        7,
-    ));
+    let sched = Arc::new(igw_sched::Scheduler::from_policy("igw").unwrap());
+    let core = igw_request::PoolCore::new("p", ds.clone(), sched).with_seed(7);
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
     let (stop, rx) = oneshot::channel::<()>();
-    let lifecycle = Arc::new(igw_extproc::Lifecycle::new(director, 1));
+    let lifecycle = igw_request::Pool::on_process_clock(core);
     let config = ServerConfig { tls: TlsConfig { secure_serving: false, ..Default::default() }, ..Default::default() };
     let health = Health::new(true).await;
     tokio::spawn(async move {

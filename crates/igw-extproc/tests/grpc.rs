@@ -13,8 +13,8 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     processing_request, processing_response,
 };
 use hyper_util::rt::TokioIo;
-use igw_core::{Datastore, EndpointMeta};
-use igw_extproc::{FixedPicker, Health, Listeners, ServerConfig, TlsConfig, serve};
+use igw_extproc::{Health, Listeners, ServerConfig, TlsConfig, serve};
+use igw_testkit::TestPool;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -28,7 +28,7 @@ use tonic_health::pb::health_client::HealthClient;
 struct Running {
     ext_proc: SocketAddr,
     health: SocketAddr,
-    picker: Arc<FixedPicker>,
+    picker: Arc<TestPool>,
     stop: Option<oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<()>,
 }
@@ -44,13 +44,12 @@ async fn start(secure: bool) -> Running {
     let ext = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let health = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (ext_proc, health_addr) = (ext.local_addr().unwrap(), health.local_addr().unwrap());
-    let ds = Arc::new(Datastore::with_endpoints(EndpointMeta::parse_list("10.0.0.1:8000,10.0.0.2:8000").unwrap()));
-    let picker = Arc::new(FixedPicker::new(ds, 1));
+    let picker = TestPool::round_robin(igw_testkit::datastore("10.0.0.1:8000,10.0.0.2:8000"));
     let config = ServerConfig { tls: TlsConfig { secure_serving: secure, ..Default::default() }, ..Default::default() };
     let (stop, rx) = oneshot::channel::<()>();
     let h = Health::new(true).await;
     let listeners = Listeners { ext_proc: ext, health: Some(health) };
-    let p = picker.clone();
+    let p = picker.pool.clone();
     let done = tokio::spawn(async move {
         serve(config, p, listeners, h, async move {
             let _ = rx.await;

@@ -8,19 +8,17 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
-use igw_core::time::{Clock, process_clock};
-use igw_core::{Endpoint, Instant};
-use igw_request::flow_gate::{FlowGate, Ticket};
+use igw_core::{ApiKind, Endpoint};
 use igw_request::{
-    ModelNameRestorer, Picker, Prepared, PreparedRequest, RequestError, RequestHead, ResponseTracker, candidates,
-    headers, pick_random_endpoint,
+    ModelNameRestorer, Pool, Prepared, PreparedRequest, Request as CoreRequest, RequestError, ResponseTracker, headers,
+    parse_body,
 };
 
 use arc_swap::ArcSwap;
 
 use crate::body::{ObservedBody, Outcome, ResponseObserver};
 use crate::openai_error::error_response;
-use crate::routes::{RouteMatch, Routes, skim_model};
+use crate::routes::{RouteMatch, Routes};
 use crate::upstream::{Upstream, UpstreamError};
 
 /// The body of every response the gateway sends.
@@ -50,25 +48,21 @@ impl Default for GatewayConfig {
     }
 }
 
-/// The standalone gateway's request handler, generic over the picker.
+/// The standalone gateway's request handler: the HTTP driver of the request core.
 ///
-/// It routes over a [`Routes`] table (one picker per pool) that [`Gateway::set_routes`] replaces
+/// It routes over a [`Routes`] table (one [`Pool`] per pool) that [`Gateway::set_routes`] replaces
 /// atomically: a request loads the table once and finishes on it, so a reload never drops or
 /// re-routes a request already in flight.
-pub struct Gateway<P: Picker> {
-    routes: ArcSwap<Routes<P>>,
+pub struct Gateway {
+    routes: ArcSwap<Routes>,
     upstream: Upstream,
     config: GatewayConfig,
 }
 
-impl<P: Picker> std::fmt::Debug for Gateway<P> {
+impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gateway").field("config", &self.config).finish_non_exhaustive()
     }
-}
-
-fn now() -> Instant {
-    process_clock().now()
 }
 
 fn err_response(e: &RequestError) -> Response<ProxyBody> {
@@ -98,30 +92,30 @@ fn unknown_model(model: &str) -> Response<ProxyBody> {
     resp.map(Either::Left)
 }
 
-impl<P: Picker> Gateway<P> {
-    /// A gateway routing every request with `picker` (one pool, any model).
-    pub fn new(picker: Arc<P>, config: GatewayConfig) -> Self {
-        Self::with_routes(Routes::single("default", picker), config)
+impl Gateway {
+    /// A gateway routing every request through `pool` (one pool, any model).
+    pub fn new(pool: Arc<Pool>, config: GatewayConfig) -> Self {
+        Self::with_routes(Routes::single("default", pool), config)
     }
 
     /// A gateway routing over several pools.
-    pub fn with_routes(routes: Routes<P>, config: GatewayConfig) -> Self {
+    pub fn with_routes(routes: Routes, config: GatewayConfig) -> Self {
         Gateway { routes: ArcSwap::from_pointee(routes), upstream: Upstream::new(), config }
     }
 
-    /// The default pool's picker.
-    pub fn picker(&self) -> Arc<P> {
-        self.routes.load().default_pool().picker.clone()
+    /// The default pool.
+    pub fn pool(&self) -> Arc<Pool> {
+        self.routes.load().default_pool().pool.clone()
     }
 
     /// The routing table in force.
-    pub fn routes(&self) -> Arc<Routes<P>> {
+    pub fn routes(&self) -> Arc<Routes> {
         self.routes.load_full()
     }
 
     /// Replaces the routing table; returns the previous one. Requests already routed finish on
     /// the table they started with.
-    pub fn set_routes(&self, routes: Routes<P>) -> Arc<Routes<P>> {
+    pub fn set_routes(&self, routes: Routes) -> Arc<Routes> {
         self.routes.swap(Arc::new(routes))
     }
 
@@ -149,72 +143,65 @@ impl<P: Picker> Gateway<P> {
             if routes.routes_by_model() && parts.method == Method::GET && path.trim_end_matches('/') == "/v1/models" {
                 return Ok(json_response(&routes.models_json()));
             }
-            return Ok(self.passthrough(&routes.default_pool().picker, parts, body).await);
+            return Ok(self.passthrough(&routes.default_pool().pool, parts, body).await);
         }
-        let pool = if routes.routes_by_model() {
-            match skim_model(&body) {
-                Some(model) => match routes.route(&model) {
-                    RouteMatch::Pool(p) => p.clone(),
-                    RouteMatch::UnknownModel => return Ok(unknown_model(&model)),
+        // With several pools the model chooses the pool: the body is parsed here, once, and the
+        // parse is handed to the pool's core.
+        let (route, parsed) = if routes.routes_by_model() {
+            match parse_body(ApiKind::from_path(&path), &body) {
+                Ok(parsed) => match routes.route(&parsed.model) {
+                    RouteMatch::Pool(p) => (p.clone(), Some(parsed)),
+                    RouteMatch::UnknownModel => return Ok(unknown_model(&parsed.model)),
                 },
-                // Not a JSON object with a model: the full parse answers with the precise 400.
-                None => routes.default_pool().clone(),
+                Err(e) => return Ok(err_response(&e)),
             }
         } else {
-            routes.default_pool().clone()
+            (routes.default_pool().clone(), None)
         };
         drop(routes);
-        let picker = &pool.picker;
-        let snapshot = picker.snapshot();
+        let pool = &route.pool;
+        let core = pool.core();
         let header_list: Vec<(&str, &str)> =
             parts.headers.iter().filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v))).collect();
-        let draw = picker.draw();
-        let head = RequestHead::new(Some(&path), header_list, u128::from(draw) << 64 | u128::from(picker.draw()));
+        let head = core.head(Some(&path), header_list);
         let subset = head.subset_from_header();
-        let prepared = match head.prepare(Some(body), &snapshot, draw) {
+        let prepared = match core.prepare(head, Some(body), parsed) {
             Ok(Prepared::Inference(p)) => *p,
-            Ok(Prepared::NoBody(_)) => return Ok(self.passthrough(picker, parts, Bytes::new()).await),
+            Ok(Prepared::NoBody(_)) => return Ok(self.passthrough(pool, parts, Bytes::new()).await),
             Err(e) => return Ok(err_response(&e)),
         };
-        // Flow control: wait for room in the pool. A client that goes away drops this future,
-        // which takes the request out of its queue.
-        let flow = match &pool.flow {
-            Some(gate) => match gate.admit(&prepared).await {
-                Ok(ticket) => Some(FlowRelease { gate: gate.clone(), ticket, done: false }),
-                Err(e) => return Ok(err_response(&e)),
-            },
-            None => None,
-        };
-        let snapshot = if flow.is_some() { picker.snapshot() } else { snapshot };
-        let cands = match candidates(&snapshot, subset.as_ref()) {
-            Ok(c) => c,
+        // Admission: flow control may hold the request until the pool has room. A client that
+        // goes away drops this future, which takes the request out of its queue.
+        let mut request = match pool.admit(&prepared).await {
+            Ok(r) => r,
             Err(e) => return Ok(err_response(&e)),
         };
-        let decision = match picker.decide(&prepared, &cands, self.config.max_attempts.max(1), now()) {
-            Ok(d) => d,
+        let endpoints = match request.decide(&prepared, subset.as_ref(), pool.now()) {
+            Ok(eps) => eps.iter().take(self.config.max_attempts.max(1)).cloned().collect::<Vec<_>>(),
             Err(e) => return Ok(err_response(&e)),
         };
-        drop(cands);
-        let state = Arc::new(decision.state);
         let mut last_err = None;
-        for endpoint in &decision.endpoints {
+        for endpoint in &endpoints {
             let mut up_parts = parts_clone(&parts);
             apply_mutations(&mut up_parts, &prepared);
-            picker.dispatched(&state, endpoint, now());
+            request.attempt(endpoint, pool.now());
             match self
                 .upstream
                 .send(endpoint.address(), up_parts, prepared.body.clone(), self.config.response_head_timeout)
                 .await
             {
                 Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE => {
-                    // Not served and nothing reached the client: release and try the next one.
-                    picker.finished(&state, endpoint, None, now());
+                    // Not served and nothing reached the client: take the attempt back, try the next.
+                    request.attempt_failed(pool.now());
                     tracing::debug!(endpoint = %endpoint.address(), "replica answered 503; trying the next candidate");
                     last_err = Some(format!("replica {} answered 503", endpoint.address()));
                 }
-                Ok(resp) => return Ok(Self::stream_back(picker, resp, &prepared, state, endpoint.clone(), flow)),
+                Ok(resp) => {
+                    request.first_byte(pool.now());
+                    return Ok(Self::stream_back(pool, resp, &prepared, request, endpoint.clone()));
+                }
                 Err(e) => {
-                    picker.finished(&state, endpoint, None, now());
+                    request.attempt_failed(pool.now());
                     tracing::warn!(error = %e, "upstream attempt failed; trying the next candidate");
                     last_err = Some(e.to_string());
                 }
@@ -225,12 +212,11 @@ impl<P: Picker> Gateway<P> {
     }
 
     fn stream_back(
-        picker: &Arc<P>,
+        pool: &Arc<Pool>,
         resp: Response<Incoming>,
         prepared: &PreparedRequest,
-        state: Arc<P::State>,
+        request: CoreRequest,
         endpoint: Arc<Endpoint>,
-        flow: Option<FlowRelease>,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = resp.into_parts();
         let mut tracker = prepared.response_tracker();
@@ -244,21 +230,20 @@ impl<P: Picker> Gateway<P> {
         if let Ok(v) = HeaderValue::from_str(&endpoint.address().to_string()) {
             parts.headers.insert(HeaderName::from_static(SERVED_HEADER), v);
         }
-        for (k, v) in picker.response_headers(&endpoint) {
+        for (k, v) in request.response_headers() {
             if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(&v)) {
                 parts.headers.insert(k, v);
             }
         }
-        let observer = Accounting { picker: picker.clone(), state, endpoint, tracker, restorer, flow };
+        let observer = Accounting { pool: pool.clone(), request: Some(request), endpoint, tracker, restorer };
         Response::from_parts(parts, Either::Right(ObservedBody::new(body, Box::new(observer))))
     }
 
     /// Forwards a request that is not scheduled (other paths, body-less requests) to a random
     /// endpoint.
-    async fn passthrough(&self, picker: &Arc<P>, parts: http::request::Parts, body: Bytes) -> Response<ProxyBody> {
-        let snapshot = picker.snapshot();
-        let endpoint = match pick_random_endpoint(&snapshot, picker.draw()) {
-            Ok(e) => e.clone(),
+    async fn passthrough(&self, pool: &Arc<Pool>, parts: http::request::Parts, body: Bytes) -> Response<ProxyBody> {
+        let endpoint = match pool.core().pick_any() {
+            Ok(e) => e,
             Err(e) => return err_response(&RequestError::service_unavailable(e.message)),
         };
         match self.upstream.send(endpoint.address(), parts, body, self.config.response_head_timeout).await {
@@ -300,41 +285,17 @@ fn apply_mutations(parts: &mut http::request::Parts, prepared: &PreparedRequest)
     }
 }
 
-/// Feeds a response to the tracker and the model-name restorer, and reports the end to the
-/// picker exactly once.
-struct Accounting<P: Picker> {
-    picker: Arc<P>,
-    state: Arc<P::State>,
+/// Feeds a response to the tracker and the model-name restorer, and ends the request in the
+/// core exactly once (the body observer's end, or its drop).
+struct Accounting {
+    pool: Arc<Pool>,
+    request: Option<CoreRequest>,
     endpoint: Arc<Endpoint>,
     tracker: ResponseTracker,
     restorer: ModelNameRestorer,
-    flow: Option<FlowRelease>,
 }
 
-/// A request flow control released: when it ends (or is dropped on any early return), its place
-/// in the pool frees and the gate runs a dispatch cycle.
-struct FlowRelease {
-    gate: Arc<FlowGate>,
-    ticket: Ticket,
-    done: bool,
-}
-
-impl FlowRelease {
-    fn finish(mut self, usage: Option<igw_request::Usage>) {
-        self.gate.served(&self.ticket, usage);
-        self.done = true;
-    }
-}
-
-impl Drop for FlowRelease {
-    fn drop(&mut self) {
-        if !self.done {
-            self.gate.served(&self.ticket, None);
-        }
-    }
-}
-
-impl<P: Picker> ResponseObserver for Accounting<P> {
+impl ResponseObserver for Accounting {
     fn on_data(&mut self, chunk: Bytes) -> Bytes {
         self.tracker.on_body(&chunk);
         if self.restorer.is_active() { self.restorer.push(chunk) } else { chunk }
@@ -349,9 +310,8 @@ impl<P: Picker> ResponseObserver for Accounting<P> {
         if outcome != Outcome::Completed {
             tracing::debug!(?outcome, endpoint = %self.endpoint.address(), "response ended early");
         }
-        self.picker.finished(&self.state, &self.endpoint, Some(&summary), now());
-        if let Some(f) = self.flow.take() {
-            f.finish(summary.usage);
+        if let Some(r) = self.request.take() {
+            r.end(Some(&summary), self.pool.now());
         }
     }
 }

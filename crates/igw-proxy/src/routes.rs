@@ -7,24 +7,19 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use igw_request::Picker;
-use igw_request::flow_gate::FlowGate;
-use serde::Deserialize;
+use igw_request::Pool;
 
-/// One pool: a name, the picker over its datastore, and the models it serves.
-pub struct PoolRoute<P> {
+/// One pool: a name, its request core (with flow control when on), and the models it serves.
+pub struct PoolRoute {
     /// Pool name (metrics, `/v1/models` `owned_by`, logs).
     pub name: String,
     /// Admission, scheduling and accounting over the pool's endpoints.
-    pub picker: Arc<P>,
+    pub pool: Arc<Pool>,
     /// Model names declared for this pool (base models and client-facing names of rewrites).
     pub models: Vec<String>,
-    /// Flow control in front of the pool's picker, when on: requests wait here until the pool
-    /// has room.
-    pub flow: Option<Arc<FlowGate>>,
 }
 
-impl<P> std::fmt::Debug for PoolRoute<P> {
+impl std::fmt::Debug for PoolRoute {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PoolRoute").field("name", &self.name).field("models", &self.models).finish_non_exhaustive()
     }
@@ -53,22 +48,22 @@ pub enum RoutesError {
 
 /// Where a request's model sends it.
 #[derive(Debug)]
-pub enum RouteMatch<'a, P> {
+pub enum RouteMatch<'a> {
     /// The pool that serves the model.
-    Pool(&'a Arc<PoolRoute<P>>),
+    Pool(&'a Arc<PoolRoute>),
     /// No pool serves the model (the gateway answers 404).
     UnknownModel,
 }
 
 /// An immutable model → pool table.
-pub struct Routes<P> {
-    pools: Vec<Arc<PoolRoute<P>>>,
+pub struct Routes {
+    pools: Vec<Arc<PoolRoute>>,
     by_model: HashMap<String, usize>,
     default_pool: usize,
     generation: u64,
 }
 
-impl<P> std::fmt::Debug for Routes<P> {
+impl std::fmt::Debug for Routes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Routes")
             .field("pools", &self.pools)
@@ -78,16 +73,11 @@ impl<P> std::fmt::Debug for Routes<P> {
     }
 }
 
-impl<P: Picker> Routes<P> {
+impl Routes {
     /// One pool that takes every model (`--endpoints`, the embedded simulated pool).
-    pub fn single(name: impl Into<String>, picker: Arc<P>) -> Self {
-        Self::single_with_flow(name, picker, None)
-    }
-
-    /// [`single`](Self::single) with flow control in front of the picker.
-    pub fn single_with_flow(name: impl Into<String>, picker: Arc<P>, flow: Option<Arc<FlowGate>>) -> Self {
+    pub fn single(name: impl Into<String>, pool: Arc<Pool>) -> Self {
         Routes {
-            pools: vec![Arc::new(PoolRoute { name: name.into(), picker, models: Vec::new(), flow })],
+            pools: vec![Arc::new(PoolRoute { name: name.into(), pool, models: Vec::new() })],
             by_model: HashMap::new(),
             default_pool: 0,
             generation: 0,
@@ -97,7 +87,7 @@ impl<P: Picker> Routes<P> {
     /// A table over `pools`. Requests for a declared model go to its pool; when no pool declares
     /// any model, every request goes to the default pool. `default_pool` also takes the paths
     /// that are not scheduled (passthrough). `generation` identifies the configuration.
-    pub fn new(pools: Vec<PoolRoute<P>>, default_pool: usize, generation: u64) -> Result<Self, RoutesError> {
+    pub fn new(pools: Vec<PoolRoute>, default_pool: usize, generation: u64) -> Result<Self, RoutesError> {
         if pools.is_empty() {
             return Err(RoutesError::NoPools);
         }
@@ -122,12 +112,12 @@ impl<P: Picker> Routes<P> {
     }
 
     /// The pools, in configuration order.
-    pub fn pools(&self) -> &[Arc<PoolRoute<P>>] {
+    pub fn pools(&self) -> &[Arc<PoolRoute>] {
         &self.pools
     }
 
     /// The pool that takes passthrough paths and, without declared models, every request.
-    pub fn default_pool(&self) -> &Arc<PoolRoute<P>> {
+    pub fn default_pool(&self) -> &Arc<PoolRoute> {
         &self.pools[self.default_pool]
     }
 
@@ -144,7 +134,7 @@ impl<P: Picker> Routes<P> {
 
     /// The pool for `model`: a declared model's pool; else the pool one of whose endpoints
     /// reports `model` as a loaded or requested LoRA adapter; else unknown.
-    pub fn route(&self, model: &str) -> RouteMatch<'_, P> {
+    pub fn route(&self, model: &str) -> RouteMatch<'_> {
         if !self.routes_by_model() {
             return RouteMatch::Pool(self.default_pool());
         }
@@ -152,7 +142,7 @@ impl<P: Picker> Routes<P> {
             return RouteMatch::Pool(&self.pools[*i]);
         }
         for p in &self.pools {
-            if p.picker.snapshot().endpoints.iter().any(|e| e.metrics().has_adapter(model)) {
+            if p.pool.core().snapshot().endpoints.iter().any(|e| e.metrics().has_adapter(model)) {
                 return RouteMatch::Pool(p);
             }
         }
@@ -174,7 +164,7 @@ impl<P: Picker> Routes<P> {
         }
         for p in &self.pools {
             let mut adapters = BTreeMap::new();
-            for e in &p.picker.snapshot().endpoints {
+            for e in &p.pool.core().snapshot().endpoints {
                 for a in &e.metrics().active_adapters {
                     adapters.insert(a.clone(), ());
                 }
@@ -192,33 +182,17 @@ impl<P: Picker> Routes<P> {
     }
 }
 
-#[derive(Deserialize)]
-struct ModelOnly<'a> {
-    #[serde(borrow)]
-    model: Option<std::borrow::Cow<'a, str>>,
-}
-
-/// The `model` of a JSON request body, read without building the document (the full parse
-/// happens once the pool is known). `None` for a body that is not a JSON object with a string
-/// `model`; the full parse then reports the error.
-pub fn skim_model(body: &[u8]) -> Option<String> {
-    serde_json::from_slice::<ModelOnly<'_>>(body).ok().and_then(|m| m.model).map(std::borrow::Cow::into_owned)
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use igw_core::{Datastore, EndpointMeta, EndpointMetrics};
-    use igw_request::RandomPicker;
+    use igw_core::EndpointMetrics;
 
-    fn pool(name: &str, models: &[&str], addr: &str) -> PoolRoute<RandomPicker> {
-        let ds = Arc::new(Datastore::with_endpoints([EndpointMeta::parse_addr(addr).unwrap()]));
+    fn pool(name: &str, models: &[&str], addr: &str) -> PoolRoute {
         PoolRoute {
             name: name.into(),
-            picker: Arc::new(RandomPicker::new(ds, 1)),
+            pool: igw_testkit::TestPool::round_robin(igw_testkit::datastore(addr)).pool.clone(),
             models: models.iter().map(|s| s.to_string()).collect(),
-            flow: None,
         }
     }
 
@@ -236,7 +210,7 @@ mod tests {
     #[test]
     fn adapters_in_endpoint_metrics_route_and_are_listed() {
         let r = Routes::new(vec![pool("a", &["m1"], "10.0.0.1:1"), pool("b", &["m2"], "10.0.0.2:1")], 1, 1).unwrap();
-        let ep = r.pools()[1].picker.snapshot().endpoints[0].clone();
+        let ep = r.pools()[1].pool.core().snapshot().endpoints[0].clone();
         let mut m = EndpointMetrics::default();
         m.active_adapters.insert("sql-lora".into());
         ep.set_metrics(m);
@@ -260,14 +234,6 @@ mod tests {
     fn a_model_in_two_pools_is_an_error() {
         let e = Routes::new(vec![pool("a", &["m"], "10.0.0.1:1"), pool("b", &["m"], "10.0.0.2:1")], 0, 1).unwrap_err();
         assert_eq!(e, RoutesError::DuplicateModel { model: "m".into(), first: "a".into(), second: "b".into() });
-        assert_eq!(Routes::<RandomPicker>::new(vec![], 0, 1).unwrap_err(), RoutesError::NoPools);
-    }
-
-    #[test]
-    fn skims_the_model() {
-        assert_eq!(skim_model(br#"{"prompt":"x","model":"m\u0031","n":[1,{"a":2}]}"#).as_deref(), Some("m1"));
-        assert_eq!(skim_model(br#"{"prompt":"x"}"#), None);
-        assert_eq!(skim_model(b"{not json"), None);
-        assert_eq!(skim_model(br#"{"model":3}"#), None);
+        assert_eq!(Routes::new(vec![], 0, 1).unwrap_err(), RoutesError::NoPools);
     }
 }

@@ -12,9 +12,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use igw_core::{Datastore, EndpointMeta};
 use igw_proxy::gateway::{Gateway, GatewayConfig, SERVED_HEADER};
-use igw_request::RandomPicker;
 use igw_sim::profile::Profile;
 use igw_sim::server::{Fleet, FleetConfig};
+use igw_testkit::{Recorder, TestPool};
 use tokio::net::TcpListener;
 
 const MODEL: &str = "meta-llama/Llama-2-7b-hf";
@@ -40,7 +40,9 @@ async fn start(extra_dead: bool, config: GatewayConfig) -> Harness {
         eps.push(EndpointMeta::from_addr(dead));
     }
     let datastore = Arc::new(Datastore::with_endpoints(eps));
-    let gw = Arc::new(Gateway::new(Arc::new(RandomPicker::new(datastore.clone(), 42)), config));
+    // Random with two fallbacks, as `igw serve --policy random`.
+    let pool = TestPool::build(datastore.clone(), "random", 3, Recorder::default());
+    let gw = Arc::new(Gateway::new(pool.pool.clone(), config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -168,9 +170,8 @@ async fn models_route_to_their_pool_unknown_models_get_404_and_routes_swap() {
         let ds = Arc::new(Datastore::with_endpoints(f.addrs().iter().map(|a| EndpointMeta::from_addr(*a))));
         PoolRoute {
             name: name.to_string(),
-            picker: Arc::new(RandomPicker::new(ds, 7)),
+            pool: TestPool::build(ds, "random", 3, Recorder::default()).pool.clone(),
             models: models.iter().map(|m| m.to_string()).collect(),
-            flow: None,
         }
     };
     let routes = Routes::new(vec![pool("a", &fa, &["model-a"]), pool("b", &fb, &["model-b"])], 0, 1).unwrap();
@@ -231,7 +232,6 @@ async fn flow_control_holds_requests_until_the_pool_has_room() {
     use igw_core::EndpointMetrics;
     use igw_core::time::{Clock, process_clock};
     use igw_proxy::routes::Routes;
-    use igw_request::flow_gate::FlowGate;
     use igw_sched::detector::UtilizationDetector;
     use igw_sched::flow::FlowConfig;
 
@@ -251,8 +251,11 @@ async fn flow_control_holds_requests_until_the_pool_has_room() {
     };
     set_waiting(50);
     let det = UtilizationDetector { staleness: Duration::from_secs(3600), ..Default::default() };
-    let gate = Arc::new(FlowGate::new(FlowConfig::igw(), ds.clone(), det, Arc::new(*process_clock()), "p").unwrap());
-    let routes = Routes::single_with_flow("p", Arc::new(RandomPicker::new(ds.clone(), 1)), Some(gate.clone()));
+    let sched = Arc::new(igw_sched::Scheduler::from_policy("random").unwrap().with_detector(det));
+    let core = igw_request::PoolCore::new("p", ds.clone(), sched).with_flow_control(FlowConfig::igw()).unwrap();
+    let pool = igw_request::Pool::on_process_clock(core);
+    let gate = pool.gate().unwrap().clone();
+    let routes = Routes::single("p", pool);
     let gw = Arc::new(Gateway::with_routes(routes, GatewayConfig::default()));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -313,8 +316,8 @@ async fn session_tokens_keep_a_conversation_on_its_pod() {
         "plugins:\n- type: session-affinity-scorer\n- type: active-request-scorer\nschedulingProfiles:\n- name: default\n  plugins:\n  - pluginRef: session-affinity-scorer\n    weight: 10\n  - pluginRef: active-request-scorer\n    weight: 1\n",
     )
     .unwrap();
-    let director = Arc::new(igw_request::Director::new(ds.clone(), Arc::new(sched), 3));
-    let gw = Arc::new(Gateway::new(director, GatewayConfig::default()));
+    let core = igw_request::PoolCore::new("p", ds.clone(), Arc::new(sched)).with_seed(3).with_max_endpoints(3);
+    let gw = Arc::new(Gateway::new(igw_request::Pool::on_process_clock(core), GatewayConfig::default()));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (_stop, rx) = tokio::sync::oneshot::channel::<()>();

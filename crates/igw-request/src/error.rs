@@ -20,6 +20,12 @@ pub const MSG_SATURATED: &str = "system saturated, sheddable request dropped";
 pub const MSG_SCHEDULE_FAILED: &str = "failed to find target endpoint";
 /// Message when an admission plugin denies a request.
 pub const MSG_NOT_ADMITTED: &str = "request cannot be admitted";
+/// Message of a request refused because its queue is full (429).
+pub const MSG_QUEUE_FULL: &str = "flow control queue full";
+/// Message of a request whose queue TTL ran out (503).
+pub const MSG_QUEUE_TTL: &str = "request timed out in the flow control queue";
+/// Message of a request evicted at shutdown (503).
+pub const MSG_QUEUE_SHUTDOWN: &str = "flow control is shutting down";
 
 /// An error code, as upstream names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -19,24 +19,23 @@
 //! Errors are [`RequestError`]s carrying upstream's codes and their HTTP mapping.
 
 pub mod body;
-pub mod director;
+pub mod core;
 pub mod error;
 pub mod flow_gate;
 pub mod headers;
 pub mod metrics;
 pub mod parse;
-pub mod picker;
 pub mod request;
 pub mod rewrite;
 pub mod subset;
 pub mod usage;
 
+pub use crate::core::{Admission, Ended, Hooks, Leg, PoolCore, QueueId, Request, Ticket};
 pub use body::{BodyBuffer, BodyError, DEFAULT_MAX_BODY_BYTES, MAX_STREAMED_CHUNK_BYTES, streamed_chunks};
-pub use director::Director;
 pub use error::{ErrorCode, RequestError};
+pub use flow_gate::{FlowGate, Pool};
 pub use headers::{ControlHeaders, HeaderMutations, format_destination, generate_request_id};
 pub use parse::{ParsedBody, parse_body, parse_request_body};
-pub use picker::{Decision, Picker, RandomPicker};
 pub use request::{
     Draws, NoBodyRequest, Prepared, PreparedRequest, RequestHead, build_request, candidates, pick_random_endpoint,
 };

@@ -345,6 +345,75 @@ pub fn model_labels(model: &str, target: &str) -> Labels {
     vec![("model_name", model.to_string()), ("target_model_name", target.to_string())]
 }
 
+/// Buckets of the queue duration histogram (seconds).
+pub const QUEUE_DURATION_BUCKETS: &[f64] =
+    &[0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+/// Buckets of the enqueue and dispatch-cycle latency histograms (seconds).
+pub const CYCLE_BUCKETS: &[f64] = &[0.000_001, 0.000_005, 0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01];
+
+/// Flow control's metrics under upstream's names (`inference_extension_flow_control_*`).
+#[derive(Debug)]
+pub struct FlowMetrics {
+    /// `..._queue_size` {fairness_id, priority, inference_pool, model_name, target_model_name}.
+    pub queue_size: ValueFamily,
+    /// `..._queue_bytes`, same labels.
+    pub queue_bytes: ValueFamily,
+    /// `..._request_queue_duration_seconds` {fairness_id, priority, outcome, inference_pool, model_name, target_model_name}.
+    pub queue_duration: HistogramFamily,
+    /// `..._request_enqueue_duration_seconds` {fairness_id, priority, outcome}.
+    pub enqueue_duration: HistogramFamily,
+    /// `..._dispatch_cycle_duration_seconds`.
+    pub dispatch_cycle: HistogramFamily,
+    /// `..._pool_saturation` {inference_pool}.
+    pub pool_saturation: ValueFamily,
+}
+
+impl Default for FlowMetrics {
+    fn default() -> Self {
+        FlowMetrics {
+            queue_size: ValueFamily::gauge(
+                igw_sched::flow::METRIC_QUEUE_SIZE,
+                "Number of requests held in flow control queues.",
+            ),
+            queue_bytes: ValueFamily::gauge(
+                igw_sched::flow::METRIC_QUEUE_BYTES,
+                "Bytes of requests held in flow control queues.",
+            ),
+            queue_duration: HistogramFamily::new(
+                igw_sched::flow::METRIC_REQUEST_QUEUE_DURATION,
+                "Time requests spent in flow control, from enqueue to their final outcome.",
+                QUEUE_DURATION_BUCKETS,
+            ),
+            enqueue_duration: HistogramFamily::new(
+                igw_sched::flow::METRIC_REQUEST_ENQUEUE_DURATION,
+                "Latency of enqueueing a request into flow control.",
+                CYCLE_BUCKETS,
+            ),
+            dispatch_cycle: HistogramFamily::new(
+                igw_sched::flow::METRIC_DISPATCH_CYCLE_DURATION,
+                "Latency of one flow control dispatch cycle.",
+                CYCLE_BUCKETS,
+            ),
+            pool_saturation: ValueFamily::gauge(
+                igw_sched::flow::METRIC_POOL_SATURATION,
+                "Pool saturation as the flow control saturation detector sees it.",
+            ),
+        }
+    }
+}
+
+impl FlowMetrics {
+    /// Appends every family in the Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        self.queue_size.render(out);
+        self.queue_bytes.render(out);
+        self.queue_duration.render(out);
+        self.enqueue_duration.render(out);
+        self.dispatch_cycle.render(out);
+        self.pool_saturation.render(out);
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{MSG_NO_CANDIDATES, MSG_NO_ENDPOINTS, RequestError};
 use crate::headers::{self, ControlHeaders, HeaderMutations};
-use crate::parse::parse_body;
+use crate::parse::{ParsedBody, parse_body};
 use crate::rewrite::{ModelNameRestorer, ModelRewriteDecision, resolve_target_model, serialize_with_model};
 use crate::subset::EndpointSubset;
 use crate::usage::ResponseTracker;
@@ -100,6 +100,19 @@ impl RequestHead {
             }));
         };
         let parsed = parse_body(self.api(), &body)?;
+        self.prepare_parsed(body, parsed, snapshot, draw).map(|p| Prepared::Inference(Box::new(p)))
+    }
+
+    /// [`RequestHead::prepare`] for a body the adapter has already parsed (with
+    /// [`parse_body`] for this head's API), e.g. to choose the pool by its model: the body is
+    /// parsed once whatever the number of pools.
+    pub fn prepare_parsed(
+        self,
+        body: Bytes,
+        parsed: ParsedBody,
+        snapshot: &Snapshot,
+        draw: u64,
+    ) -> Result<PreparedRequest, RequestError> {
         let rewrite = resolve_target_model(&parsed.model, self.control.model_rewrite.as_deref(), snapshot, draw);
         let mut json = parsed.json;
         let (body, body_rewritten) = if rewrite.is_rewritten() {
@@ -127,15 +140,7 @@ impl RequestHead {
             headers: self.headers,
             body_bytes: body.len(),
         };
-        Ok(Prepared::Inference(Box::new(PreparedRequest {
-            request,
-            body,
-            body_rewritten,
-            rewrite,
-            json,
-            control: self.control,
-            mutations,
-        })))
+        Ok(PreparedRequest { request, body, body_rewritten, rewrite, json, control: self.control, mutations })
     }
 }
 

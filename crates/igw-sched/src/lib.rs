@@ -17,6 +17,7 @@ pub mod config;
 pub mod detector;
 pub mod flow;
 pub mod legacy;
+pub mod peers;
 pub mod prefix;
 pub mod scheduler;
 pub mod scoring;

@@ -30,6 +30,10 @@ pub enum Picker {
     /// `weighted-random-picker`: a draw weighted by score (A-Res: key `u^(1/score)`, highest
     /// keys first); endpoints scoring ≤ 0 come last; all ≤ 0 is a uniform draw.
     WeightedRandom,
+    /// Power of two choices over router-local in-flight requests (SGLang and vLLM routers).
+    PowerOfTwo,
+    /// SGLang router's `cache_aware` ([`crate::peers::CacheAware`]).
+    CacheAware,
 }
 
 /// Why no endpoint was chosen.
@@ -83,11 +87,21 @@ pub struct Scheduler {
     detector: UtilizationDetector,
     rr: AtomicUsize,
     wait: Option<WaitTracker>,
+    cache_aware: Option<crate::peers::CacheAware>,
 }
 
 /// The policies selectable by name.
-pub const POLICY_NAMES: &[&str] =
-    &["igw", "igw-wait", "upstream-default", "legacy-filter-tree", "random", "round-robin", "least-queue"];
+pub const POLICY_NAMES: &[&str] = &[
+    "igw",
+    "igw-wait",
+    "upstream-default",
+    "legacy-filter-tree",
+    "random",
+    "round-robin",
+    "least-queue",
+    "power-of-two",
+    "sglang-cache-aware",
+];
 
 /// Why a policy could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -108,6 +122,7 @@ impl Scheduler {
             detector: UtilizationDetector::default(),
             rr: AtomicUsize::new(0),
             wait: None,
+            cache_aware: (picker == Picker::CacheAware).then(crate::peers::CacheAware::new),
         }
     }
 
@@ -208,6 +223,8 @@ impl Scheduler {
             "random" => Scheduler::new(name, vec![], Picker::Random, None),
             "round-robin" => Scheduler::new(name, vec![], Picker::RoundRobin, None),
             "least-queue" => Scheduler::new(name, vec![(Scorer::Queue, 1.0)], Picker::MaxScore, None),
+            "power-of-two" => Scheduler::new(name, vec![], Picker::PowerOfTwo, None),
+            "sglang-cache-aware" => Scheduler::new(name, vec![], Picker::CacheAware, None),
             other => return Err(UnknownPolicy(other.to_string())),
         })
     }
@@ -228,7 +245,8 @@ impl Scheduler {
     }
 
     /// Legacy admission: a request with priority < 0 is shed when the pool's saturation over
-    /// `candidates` is ≥ 1.0; other requests are never shed.
+    /// `candidates` ([`UtilizationDetector::pool_view`], the model flow control uses too) is
+    /// ≥ 1.0; other requests are never shed.
     pub fn admit(
         &self,
         req: &InferenceRequest,
@@ -238,8 +256,7 @@ impl Scheduler {
         if !req.is_sheddable() {
             return Ok(());
         }
-        let metrics: Vec<_> = candidates.iter().map(|e| e.metrics()).collect();
-        if self.detector.saturation(metrics.iter().map(|m| &**m), now) >= 1.0 {
+        if self.detector.pool_view(candidates, now).saturation(0) >= 1.0 {
             return Err(ScheduleError::Saturated);
         }
         Ok(())
@@ -279,6 +296,7 @@ impl Scheduler {
         }
         let tokens = req.estimated_tokens();
         let (hashes, matched) = match &self.prefix {
+            None if self.cache_aware.is_some() => (crate::peers::CacheAware::chunks(&req.prompt.prefix_text()), None),
             Some(index) => {
                 let text = req.prompt.prefix_text();
                 let hashes = hash_prompt(index.config(), &req.target_model, req.cache_salt.as_deref(), text.as_bytes());
@@ -296,6 +314,19 @@ impl Scheduler {
             Picker::RoundRobin => {
                 let start = self.rr.fetch_add(1, Ordering::Relaxed) % cands.len();
                 cands.rotate_left(start);
+                None
+            }
+            Picker::PowerOfTwo => {
+                let eps: Vec<Arc<Endpoint>> = cands.iter().map(|c| c.endpoint.clone()).collect();
+                let first = crate::peers::power_of_two(&eps, rng);
+                cands[..=first].rotate_right(1);
+                None
+            }
+            Picker::CacheAware => {
+                let model = self.cache_aware.as_ref();
+                let eps: Vec<Arc<Endpoint>> = cands.iter().map(|c| c.endpoint.clone()).collect();
+                let first = model.map_or(0, |m| m.pick(req.prompt.prefix_text().len(), &hashes, &eps));
+                cands[..=first].rotate_right(1);
                 None
             }
             Picker::MaxScore => Some(self.score(req, &cands, matched.as_ref())),
@@ -324,7 +355,7 @@ impl Scheduler {
         Ok(Decision {
             endpoints,
             scores,
-            prefix_blocks: hashes.len(),
+            prefix_blocks: if self.prefix.is_some() { hashes.len() } else { 0 },
             prefix_hashes: hashes,
             tokens,
             prefix_matched_blocks,
@@ -353,11 +384,36 @@ impl Scheduler {
     /// Records that the request of `decision` was sent to `endpoint`: in-flight load and, when
     /// prefix scoring is on, the prompt's blocks as cached there.
     pub fn on_routed(&self, decision: &Decision, endpoint: &Arc<Endpoint>) {
+        self.on_attempt(decision, endpoint, None);
+    }
+
+    /// [`Self::on_routed`] for one routing attempt: with `added`, the prefix hashes the endpoint
+    /// did not hold before are appended to it, so that [`Self::on_attempt_failed`] can take them
+    /// back if the attempt never reaches the endpoint.
+    pub fn on_attempt(&self, decision: &Decision, endpoint: &Arc<Endpoint>, added: Option<&mut Vec<u64>>) {
         endpoint.in_flight().add(decision.tokens);
-        if let Some(index) = &self.prefix
-            && !decision.prefix_hashes.is_empty()
-        {
-            index.insert(endpoint.id(), &decision.prefix_hashes, endpoint.metrics().cache_num_blocks);
+        if decision.prefix_hashes.is_empty() {
+            return;
+        }
+        if let Some(index) = &self.prefix {
+            let capacity = endpoint.metrics().cache_num_blocks;
+            match added {
+                Some(added) => index.insert_new(endpoint.id(), &decision.prefix_hashes, capacity, added),
+                None => index.insert(endpoint.id(), &decision.prefix_hashes, capacity),
+            }
+        } else if let Some(m) = &self.cache_aware {
+            m.record(endpoint.id(), &decision.prefix_hashes);
+        }
+    }
+
+    /// Undoes an attempt that failed before `endpoint` served the request (refused connection,
+    /// 503, reset): its in-flight load is released and the prefix entries the attempt added
+    /// (`added`, from [`Self::on_attempt`]) are forgotten. The wait tracker is not told: no work
+    /// was done there.
+    pub fn on_attempt_failed(&self, decision: &Decision, endpoint: &Arc<Endpoint>, added: &[u64]) {
+        endpoint.in_flight().release(decision.tokens);
+        if let Some(index) = &self.prefix {
+            index.forget(endpoint.id(), added);
         }
     }
 
@@ -373,6 +429,9 @@ impl Scheduler {
     pub fn retain_endpoints(&self, keep: impl Fn(igw_core::EndpointId) -> bool) {
         if let Some(w) = &self.wait {
             w.retain(&keep);
+        }
+        if let Some(m) = &self.cache_aware {
+            m.retain(&keep);
         }
         if let Some(index) = &self.prefix {
             index.retain(keep);

@@ -146,6 +146,44 @@ impl PrefixIndex {
     /// recent (see [`MatchMode::Igw`]). Either way a hash already held is moved to the front, and a full
     /// LRU evicts its least recent hash, unlinking the endpoint from it.
     pub fn insert(&self, endpoint: EndpointId, hashes: &[u64], capacity_blocks: Option<u64>) {
+        self.insert_inner(endpoint, hashes, capacity_blocks, None);
+    }
+
+    /// [`Self::insert`], appending to `added` the hashes `endpoint` did not hold before, so that
+    /// [`Self::forget`] can take them back if the request never reached the endpoint.
+    pub fn insert_new(&self, endpoint: EndpointId, hashes: &[u64], capacity_blocks: Option<u64>, added: &mut Vec<u64>) {
+        self.insert_inner(endpoint, hashes, capacity_blocks, Some(added));
+    }
+
+    /// Takes back hashes recorded for `endpoint` by [`Self::insert_new`]: the request that was
+    /// routed there failed before the endpoint served it, so it caches none of them. Hashes the
+    /// endpoint no longer holds are skipped; entries the insert evicted are not restored.
+    pub fn forget(&self, endpoint: EndpointId, hashes: &[u64]) {
+        if hashes.is_empty() {
+            return;
+        }
+        let mut guard = self.inner.write();
+        let inner = &mut *guard;
+        let Some(lru) = inner.lrus.get_mut(&endpoint) else { return };
+        for &h in hashes {
+            let Some(slot) = inner.map.get(&h).and_then(|hs| hs.slot_of(endpoint)) else { continue };
+            unlink(&mut inner.map, &mut inner.holder_heap, h, endpoint);
+            inner.entries -= 1;
+            if let Some((moved, _)) = lru.remove(slot)
+                && let Some(holders) = inner.map.get_mut(&moved)
+            {
+                holders.insert(endpoint, slot);
+            }
+        }
+    }
+
+    fn insert_inner(
+        &self,
+        endpoint: EndpointId,
+        hashes: &[u64],
+        capacity_blocks: Option<u64>,
+        mut added: Option<&mut Vec<u64>>,
+    ) {
         if hashes.is_empty() {
             return;
         }
@@ -157,7 +195,11 @@ impl PrefixIndex {
         let inner = &mut *guard;
         let lru = inner.lrus.entry(endpoint).or_insert_with(|| SlabLru::new(capacity));
         let mut put = |h: u64| {
-            put_one(&mut inner.map, lru, &mut inner.entries, &mut inner.holder_heap, endpoint, h);
+            if put_one(&mut inner.map, lru, &mut inner.entries, &mut inner.holder_heap, endpoint, h)
+                && let Some(a) = added.as_deref_mut()
+            {
+                a.push(h);
+            }
         };
         match self.cfg.mode {
             MatchMode::Upstream => hashes.iter().for_each(|&h| put(h)),
@@ -259,7 +301,8 @@ impl Inner {
     }
 }
 
-/// Makes `h` the most recent hash of `ep`'s LRU, adding it (and evicting) if needed.
+/// Makes `h` the most recent hash of `ep`'s LRU, adding it (and evicting) if needed; true if `ep`
+/// did not hold it before.
 fn put_one(
     map: &mut FxHashMap<u64, Holders>,
     lru: &mut SlabLru,
@@ -267,13 +310,13 @@ fn put_one(
     holder_heap: &mut usize,
     ep: EndpointId,
     h: u64,
-) {
+) -> bool {
     if let Some(slot) = map.get(&h).and_then(|hs| hs.slot_of(ep)) {
         lru.touch(slot);
-        return;
+        return false;
     }
     let slot = match lru.push_front(h) {
-        Push::Refused => return,
+        Push::Refused => return false,
         Push::Added(slot) => {
             *entries += 1;
             slot
@@ -287,6 +330,7 @@ fn put_one(
     let before = holders.heap_bytes();
     holders.insert(ep, slot);
     *holder_heap = *holder_heap + holders.heap_bytes() - before;
+    true
 }
 
 /// Removes `ep` from the holders of `h`, deleting the key when no holder is left.

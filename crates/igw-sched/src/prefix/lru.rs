@@ -102,6 +102,31 @@ impl SlabLru {
         Push::Recycled { slot, evicted }
     }
 
+    /// Removes the entry in `slot`. The slab stays dense: its last node moves into `slot`, and the
+    /// hash of that node is returned (with its old slot) so the caller can repoint its holder.
+    pub(super) fn remove(&mut self, slot: u32) -> Option<(u64, u32)> {
+        self.unlink(slot);
+        let last = (self.nodes.len() - 1) as u32;
+        if slot == last {
+            self.nodes.pop();
+            return None;
+        }
+        let moved = self.nodes[last as usize];
+        self.nodes[slot as usize] = moved;
+        self.nodes.pop();
+        if moved.prev == NIL {
+            self.head = slot;
+        } else {
+            self.nodes[moved.prev as usize].next = slot;
+        }
+        if moved.next == NIL {
+            self.tail = slot;
+        } else {
+            self.nodes[moved.next as usize].prev = slot;
+        }
+        Some((moved.hash, last))
+    }
+
     /// Hashes from most to least recent.
     pub(super) fn iter(&self) -> impl Iterator<Item = u64> + '_ {
         let mut cur = self.head;

@@ -380,3 +380,49 @@ proptest! {
         prop_assert_eq!(&part[..], &full[..part.len()]);
     }
 }
+
+#[test]
+fn forget_takes_back_only_what_the_failed_attempt_added() {
+    for mode in [MatchMode::Igw, MatchMode::Upstream] {
+        let idx = index(mode, 100);
+        // A already holds 1..=3 from an earlier request; B holds 1..=2.
+        idx.insert(A, &[1, 2, 3], None);
+        idx.insert(B, &[1, 2], None);
+        // A request for 1..=5 routed to A fails before A serves it.
+        let mut added = Vec::new();
+        idx.insert_new(A, &[1, 2, 3, 4, 5], None, &mut added);
+        added.sort_unstable();
+        assert_eq!(added, [4, 5]);
+        idx.forget(A, &added);
+        idx.check_invariants();
+        assert_eq!(counts(&idx.match_prefix(&[1, 2, 3, 4, 5])), [(1, 3), (2, 2)], "{mode:?}");
+        assert_eq!(idx.len(), 5);
+        // Forgetting what an endpoint does not hold is a no-op.
+        idx.forget(C, &[1]);
+        idx.forget(B, &[9]);
+        idx.check_invariants();
+    }
+}
+
+proptest! {
+    #[test]
+    fn forget_keeps_the_index_consistent(
+        ops in proptest::collection::vec((0u32..3, proptest::collection::vec(0u64..40, 0..12), any::<bool>()), 1..60),
+    ) {
+        let idx = index(MatchMode::Igw, 16);
+        for (ep, hashes, fail) in ops {
+            let ep = EndpointId(ep);
+            let mut added = Vec::new();
+            let mut unique = hashes.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            idx.insert_new(ep, &unique, None, &mut added);
+            if fail {
+                idx.forget(ep, &added);
+                let m = idx.match_prefix(&added);
+                prop_assert!(added.is_empty() || m.matched(ep) == 0);
+            }
+            idx.check_invariants();
+        }
+    }
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{ArgAction, Args};
 use igw_core::{Datastore, EndpointMeta};
-use igw_extproc::{Health, Lifecycle, Listeners, ServerConfig, StreamConfig, TlsConfig};
+use igw_extproc::{Health, Listeners, ServerConfig, StreamConfig, TlsConfig};
 use igw_metrics::{EngineRegistry, ScrapeConfig, Scraper};
 use igw_proxy::admin::Admin;
 
@@ -235,37 +235,19 @@ async fn serve(args: EppArgs) -> anyhow::Result<()> {
         None if args.flow_control => Some(igw_sched::flow::FlowConfig::igw()),
         None => None,
     };
-    let detector = *scheduler.detector();
-    let picker = super::picker::director(&datastore, scheduler, flow_config.is_some());
-    let gate = match flow_config {
-        Some(fc) => Some(Arc::new(
-            igw_request::flow_gate::FlowGate::new(
-                fc,
-                datastore.clone(),
-                detector,
-                Arc::new(igw_core::time::MonotonicClock::clone(igw_core::time::process_clock())),
-                if args.pool_name.is_empty() { "static".to_string() } else { args.pool_name.clone() },
-            )
-            .context("flow control")?,
-        )),
-        None => None,
-    };
+    let pool_label = if args.pool_name.is_empty() { "static".to_string() } else { args.pool_name.clone() };
+    let flow_on = flow_config.is_some();
+    let pool = super::picker::pool(&pool_label, &datastore, scheduler, flow_config, args.max_endpoints.max(1))?;
     let has_plugin = |kind: &str| epp_config.as_ref().is_some_and(|c| c.has_plugin_type(kind));
     let test_endpoint_selection = args.conformance_test_mode || has_plugin("header-based-testing-filter");
     let served_endpoint_verifier = args.conformance_test_mode || has_plugin("destination-endpoint-served-verifier");
     if test_endpoint_selection || served_endpoint_verifier {
         tracing::warn!("conformance test mode: requests may steer their own pick with test-epp-endpoint-selection");
     }
-    let request_metrics = picker.metrics().clone();
-    let mut lifecycle = Lifecycle::new(picker, args.max_endpoints);
-    let mut extra_metrics: Vec<Arc<dyn igw_proxy::admin::MetricsSource>> =
-        vec![Arc::new(super::picker::RequestMetricsSource(request_metrics))];
-    if let Some(gate) = &gate {
-        lifecycle = lifecycle.with_flow_gate(gate.clone());
-        extra_metrics.push(Arc::new(super::picker::FlowMetricsSource(gate.metrics().clone())));
+    let extra_metrics = super::picker::metric_sources(&pool);
+    if flow_on {
         tracing::info!("flow control on: requests queue by priority and fairness id until the pool has room");
     }
-    let lifecycle = Arc::new(lifecycle);
 
     let ext = tokio::net::TcpListener::bind(SocketAddr::new(args.bind_address, args.grpc_port))
         .await
@@ -349,10 +331,10 @@ async fn serve(args: EppArgs) -> anyhow::Result<()> {
         grpc = %ext.local_addr()?, health = %health_l.local_addr()?, metrics = %args.metrics_port,
         tls = args.secure_serving, endpoints = datastore.snapshot().endpoints.len(), "igw epp serving"
     );
-    let gate_task = gate.map(|g| tokio::spawn(g.run(Duration::from_millis(10), wait(stop_rx.clone()))));
+    let gate_task = pool.gate().map(|g| tokio::spawn(g.clone().run(Duration::from_millis(10), wait(stop_rx.clone()))));
     let server = tokio::spawn(igw_extproc::serve(
         config,
-        lifecycle,
+        pool.clone(),
         Listeners { ext_proc: ext, health: Some(health_l) },
         health,
         wait(stop_rx.clone()),

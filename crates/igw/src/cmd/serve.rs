@@ -15,7 +15,6 @@ use igw_core::EndpointMeta;
 use igw_metrics::ScrapeConfig;
 use igw_proxy::gateway::{Gateway, GatewayConfig};
 use igw_proxy::pools_admin::PoolsAdmin;
-use igw_request::Director;
 use igw_sim::profile::Profile;
 use igw_sim::{Fleet, FleetConfig};
 use tokio::net::TcpListener;
@@ -131,7 +130,7 @@ pub struct Serving {
     pub admin_addr: SocketAddr,
     /// The configuration file's reloader (with `--config`).
     pub reloader: Option<Arc<Reloader>>,
-    gateway: Arc<Gateway<Director>>,
+    gateway: Arc<Gateway>,
     static_pools: Option<PoolSet>,
     /// Kubernetes discovery feeding the pool, when it comes from a cluster.
     discovery_task: Option<JoinHandle<()>>,
@@ -176,19 +175,10 @@ impl Serving {
                 discovery_task = discovery.map(|d| d.task);
                 let pool_name = args.inference_pool.as_deref().unwrap_or(&args.pool_name);
                 let scheduler = igw_sched::Scheduler::from_policy(&args.policy).context("--policy")?;
-                let gate = if args.flow_control {
-                    let detector = *scheduler.detector();
-                    Some(super::serve_pools::flow_gate(
-                        igw_sched::flow::FlowConfig::igw(),
-                        &datastore,
-                        detector,
-                        pool_name,
-                    )?)
-                } else {
-                    None
-                };
-                let director = super::picker::director(&datastore, scheduler, gate.is_some());
-                let mut pools = PoolSet::single(pool_name, datastore, director, gate, &args.scrape_config());
+                let flow = args.flow_control.then(igw_sched::flow::FlowConfig::igw);
+                let pool =
+                    super::picker::pool(pool_name, &datastore, scheduler, flow, args.gateway_config().max_attempts)?;
+                let mut pools = PoolSet::single(pool_name, datastore, pool, &args.scrape_config());
                 pools.warm_and_start().await;
                 let routes = pools.take_routes().context("routes")?;
                 let admin = Arc::new(PoolsAdmin::new(pools.view(), ADMIN_STALENESS, None));
@@ -226,7 +216,7 @@ impl Serving {
     }
 
     /// The gateway.
-    pub fn gateway(&self) -> &Arc<Gateway<Director>> {
+    pub fn gateway(&self) -> &Arc<Gateway> {
         &self.gateway
     }
 
@@ -304,7 +294,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let serving = Serving::start(&args, source, bind(listen).await?, bind(admin_listen).await?).await?;
     let (addr, admin_addr) = (serving.addr, serving.admin_addr);
     let pools = serving.gateway().routes();
-    let n: usize = pools.pools().iter().map(|p| igw_request::Picker::snapshot(&*p.picker).endpoints.len()).sum();
+    let n: usize = pools.pools().iter().map(|p| p.pool.core().snapshot().endpoints.len()).sum();
     match (&model, &args.config) {
         (Some(model), _) => println!(
             "igw serve: listening on http://{addr} (admin http://{admin_addr}), {n} simulated replicas\n  try: curl -s http://{addr}/v1/chat/completions -H 'content-type: application/json' -d '{{\"model\":\"{model}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}],\"max_tokens\":16}}'"

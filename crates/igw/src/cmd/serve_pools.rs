@@ -1,7 +1,7 @@
 //! The running pools of `igw serve` and their replacement when the configuration file changes.
 //!
 //! A [`PoolSet`] is everything one configuration generation runs: per pool a datastore, a
-//! Director and a metrics scraper. A reload builds the next set completely (datastores filled,
+//! request core (with flow control when on) and a metrics scraper. A reload builds the next set completely (datastores filled,
 //! every endpoint scraped once) before the gateway's routing table and the admin view are
 //! swapped to it; requests already in flight finish on the set they started with, and the old
 //! set's scrapers stop once it is replaced. A file that does not load leaves everything as it
@@ -19,14 +19,11 @@ use igw_metrics::{EngineRegistry, ScrapeConfig, Scraper};
 use igw_proxy::gateway::{Gateway, GatewayConfig};
 use igw_proxy::pools_admin::{AdminPool, AdminView, ConfigStatus, PoolsAdmin};
 use igw_proxy::routes::{PoolRoute, Routes};
-use igw_request::Director;
-use igw_request::flow_gate::FlowGate;
-use igw_sched::flow::FlowConfig;
+use igw_request::Pool;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::gateway_config::{self, GatewayPlan};
-use super::picker::RequestMetricsSource;
 
 /// Metrics older than this are shown as stale on the admin listener.
 pub const ADMIN_STALENESS: Duration = Duration::from_secs(2);
@@ -36,30 +33,21 @@ pub const ADMIN_STALENESS: Duration = Duration::from_secs(2);
 struct PoolRuntime {
     fingerprint: String,
     datastore: Arc<Datastore>,
-    director: Arc<Director>,
+    pool: Arc<Pool>,
     scraper: Scraper,
     follower: std::sync::Mutex<Option<JoinHandle<()>>>,
-    /// Flow control in front of the Director, when the pool turns it on.
-    gate: Option<Arc<FlowGate>>,
     /// The gate's dispatch loop and the switch that ends it (queued requests then get 503).
     gate_task: std::sync::Mutex<Option<(watch::Sender<bool>, JoinHandle<()>)>>,
 }
 
 impl PoolRuntime {
-    fn new(
-        fingerprint: String,
-        datastore: Arc<Datastore>,
-        director: Arc<Director>,
-        gate: Option<Arc<FlowGate>>,
-        scrape: &ScrapeConfig,
-    ) -> Self {
+    fn new(fingerprint: String, datastore: Arc<Datastore>, pool: Arc<Pool>, scrape: &ScrapeConfig) -> Self {
         PoolRuntime {
             fingerprint,
             datastore,
-            director,
+            pool,
             scraper: Scraper::new(scrape.clone(), EngineRegistry::builtin()),
             follower: std::sync::Mutex::new(None),
-            gate,
             gate_task: std::sync::Mutex::new(None),
         }
     }
@@ -74,7 +62,7 @@ impl PoolRuntime {
 
     /// Starts the flow-control dispatch loop, if the pool has a gate and it is not running.
     fn start_gate(&self) {
-        let Some(gate) = &self.gate else { return };
+        let Some(gate) = self.pool.gate() else { return };
         let mut slot = self.gate_task();
         if slot.is_some() {
             return;
@@ -102,24 +90,14 @@ impl PoolRuntime {
 /// How often flow control re-checks the pool when nothing else wakes it (TTLs, fresh metrics).
 pub const FLOW_TICK: Duration = Duration::from_millis(10);
 
-/// The flow-control gate for a pool over `datastore` deciding with a scheduler whose saturation
-/// detector is `detector`.
-pub fn flow_gate(
-    config: FlowConfig,
-    datastore: &Arc<Datastore>,
-    detector: igw_sched::detector::UtilizationDetector,
-    pool: &str,
-) -> anyhow::Result<Arc<FlowGate>> {
-    let clock = Arc::new(*igw_core::time::process_clock());
-    Ok(Arc::new(
-        FlowGate::new(config, datastore.clone(), detector, clock, pool)
-            .map_err(|e| anyhow::anyhow!("flow control: {e}"))?,
-    ))
+/// Candidates per request in `igw serve`: the primary and two fallbacks (see [`GatewayConfig`]).
+fn max_attempts() -> usize {
+    GatewayConfig::default().max_attempts
 }
 
 /// One configuration generation's pools, running.
 pub struct PoolSet {
-    routes: Option<Routes<Director>>,
+    routes: Option<Routes>,
     view: AdminView,
     pools: Vec<Arc<PoolRuntime>>,
     summary: Vec<serde_json::Value>,
@@ -132,7 +110,7 @@ impl std::fmt::Debug for PoolSet {
 }
 
 impl PoolSet {
-    /// Builds datastores, Directors and scrapers for `plan` (nothing new is started yet). A pool
+    /// Builds datastores, request cores and scrapers for `plan` (nothing new is started yet). A pool
     /// of `previous` whose definition (name, endpoints, engine, models, scheduler, rewrites,
     /// objectives) is unchanged is carried over as it runs.
     pub fn build(
@@ -159,13 +137,8 @@ impl PoolSet {
                     for rw in pool.rewrites {
                         ds.apply_rewrite(rw)?;
                     }
-                    let detector = *pool.scheduler.detector();
-                    let gate = match pool.flow {
-                        Some(fc) => Some(flow_gate(fc, &ds, detector, &pool.name)?),
-                        None => None,
-                    };
-                    let director = super::picker::director(&ds, pool.scheduler, gate.is_some());
-                    Arc::new(PoolRuntime::new(fingerprint, ds, director, gate, scrape))
+                    let core = super::picker::pool(&pool.name, &ds, pool.scheduler, pool.flow, max_attempts())?;
+                    Arc::new(PoolRuntime::new(fingerprint, ds, core, scrape))
                 }
             };
             summary.push(serde_json::json!({
@@ -175,40 +148,22 @@ impl PoolSet {
                 "scheduler": pool.scheduler_source,
             }));
             view.pools.push(AdminPool { name: pool.name.clone(), datastore: rt.datastore.clone() });
-            view.metrics.push(Arc::new(RequestMetricsSource(rt.director.metrics().clone())));
-            if let Some(g) = &rt.gate {
-                view.metrics.push(Arc::new(super::picker::FlowMetricsSource(g.metrics().clone())));
-            }
-            routes.push(PoolRoute {
-                name: pool.name,
-                picker: rt.director.clone(),
-                models: pool.models,
-                flow: rt.gate.clone(),
-            });
+            view.metrics.extend(super::picker::metric_sources(&rt.pool));
+            routes.push(PoolRoute { name: pool.name, pool: rt.pool.clone(), models: pool.models });
             pools.push(rt);
         }
         let routes = Routes::new(routes, plan.default_pool, generation)?;
         Ok(PoolSet { routes: Some(routes), view, pools, summary })
     }
 
-    /// One pool that takes every model, routed by `director` over `datastore` (`--endpoints`, the
+    /// One pool that takes every model, routed by `pool` over `datastore` (`--endpoints`, the
     /// embedded simulated pool).
-    pub fn single(
-        name: &str,
-        datastore: Arc<Datastore>,
-        director: Arc<Director>,
-        gate: Option<Arc<FlowGate>>,
-        scrape: &ScrapeConfig,
-    ) -> Self {
-        let rt = Arc::new(PoolRuntime::new(String::new(), datastore.clone(), director.clone(), gate.clone(), scrape));
-        let mut metrics: Vec<Arc<dyn igw_proxy::admin::MetricsSource>> =
-            vec![Arc::new(RequestMetricsSource(director.metrics().clone()))];
-        if let Some(g) = &gate {
-            metrics.push(Arc::new(super::picker::FlowMetricsSource(g.metrics().clone())));
-        }
+    pub fn single(name: &str, datastore: Arc<Datastore>, pool: Arc<Pool>, scrape: &ScrapeConfig) -> Self {
+        let rt = Arc::new(PoolRuntime::new(String::new(), datastore.clone(), pool.clone(), scrape));
+        let metrics = super::picker::metric_sources(&pool);
         let view = AdminView { pools: vec![AdminPool { name: name.to_string(), datastore }], metrics };
         PoolSet {
-            routes: Some(Routes::single_with_flow(name, director, gate)),
+            routes: Some(Routes::single(name, pool)),
             view,
             pools: vec![rt],
             summary: vec![serde_json::json!({"name": name})],
@@ -247,7 +202,7 @@ impl PoolSet {
     }
 
     /// Takes the routing table (once).
-    pub fn take_routes(&mut self) -> Option<Routes<Director>> {
+    pub fn take_routes(&mut self) -> Option<Routes> {
         self.routes.take()
     }
 
@@ -345,7 +300,7 @@ pub struct Reloader {
     file: PathBuf,
     policy: String,
     scrape: ScrapeConfig,
-    gateway: Arc<Gateway<Director>>,
+    gateway: Arc<Gateway>,
     admin: Arc<PoolsAdmin>,
     state: Arc<ConfigState>,
     current: tokio::sync::Mutex<Current>,
@@ -392,7 +347,7 @@ impl Reloader {
     }
 
     /// The gateway.
-    pub fn gateway(&self) -> &Arc<Gateway<Director>> {
+    pub fn gateway(&self) -> &Arc<Gateway> {
         &self.gateway
     }
 
