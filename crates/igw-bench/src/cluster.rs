@@ -35,6 +35,135 @@ use crate::workload::{Generator, RequestSpec, arrival_times, completion_body, pr
 /// The path every simulated request is sent to.
 const COMPLETIONS: &str = "/v1/completions";
 
+/// What became of an arriving request at the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrived {
+    /// Routed to the endpoint with this index (its datastore id).
+    Routed(usize),
+    /// Waiting in flow control: it comes out of a later [`Front::cycle`].
+    Queued,
+    /// Refused (shed, queue full, no endpoint).
+    Rejected,
+}
+
+/// The gateway side of the simulation: how a request reaches igw's request core, where it is
+/// routed, and how it ends. [`CoreFront`] calls the core directly; a test can put a live driver
+/// here (the ext_proc stream state machine) and check that it routes every request the same way.
+/// All calls happen at virtual time `now`, in event order.
+pub trait Front {
+    /// Request `id` arrives with `headers` and an OpenAI `/v1/completions` `body`.
+    fn arrive(&mut self, id: u32, headers: &[(&str, &str)], body: Bytes, now: Instant) -> Arrived;
+    /// One flow control dispatch cycle: each released request with the endpoint it was routed to,
+    /// each refused one (its TTL ran out, or it could not be routed) with `None`, in order.
+    fn cycle(&mut self, now: Instant) -> Vec<(u32, Option<usize>)>;
+    /// Requests waiting in flow control.
+    fn queued(&self) -> usize;
+    /// The earliest queue deadline (run a cycle then).
+    fn next_deadline(&self) -> Option<Instant>;
+    /// The first token of request `id` reached the client.
+    fn first_token(&mut self, id: u32, now: Instant);
+    /// Request `id` completed with `usage` (as the server reports it).
+    fn finished(&mut self, id: u32, usage: Usage, streaming: bool, now: Instant);
+    /// The client gave up on request `id` (queued or running), or the engine refused it.
+    fn abandon(&mut self, id: u32, now: Instant);
+}
+
+/// The simulator's own front: the request core's calls, in the order the live drivers make them
+/// (`head`, `prepare`, `admit`, `dispatch_cycle`, `decide`, `attempt`, `first_byte`, `end`).
+#[derive(Debug)]
+pub struct CoreFront {
+    core: Arc<PoolCore>,
+    prepared: HashMap<u32, PreparedRequest>,
+    queued: HashMap<QueueId, u32>,
+    queue_of: HashMap<u32, QueueId>,
+    running: HashMap<u32, Request>,
+}
+
+impl CoreFront {
+    /// A front over `core`.
+    pub fn new(core: Arc<PoolCore>) -> Self {
+        CoreFront {
+            core,
+            prepared: HashMap::new(),
+            queued: HashMap::new(),
+            queue_of: HashMap::new(),
+            running: HashMap::new(),
+        }
+    }
+
+    fn route(&mut self, id: u32, mut request: Request, prepared: &PreparedRequest, now: Instant) -> Option<usize> {
+        let endpoint = request.decide(prepared, None, now).ok()?[0].clone();
+        request.attempt(&endpoint, now);
+        self.running.insert(id, request);
+        Some(endpoint.id().0 as usize)
+    }
+}
+
+impl Front for CoreFront {
+    fn arrive(&mut self, id: u32, headers: &[(&str, &str)], body: Bytes, now: Instant) -> Arrived {
+        let head = self.core.head(Some(COMPLETIONS), headers.iter().copied());
+        let Ok(Prepared::Inference(prepared)) = self.core.prepare(head, Some(body), None) else {
+            return Arrived::Rejected;
+        };
+        match self.core.admit(&prepared, now) {
+            Ok(Admission::Admitted(r)) => self.route(id, r, &prepared, now).map_or(Arrived::Rejected, Arrived::Routed),
+            Ok(Admission::Queued(q)) => {
+                self.prepared.insert(id, *prepared);
+                self.queued.insert(q, id);
+                self.queue_of.insert(id, q);
+                Arrived::Queued
+            }
+            Err(_) => Arrived::Rejected,
+        }
+    }
+
+    fn cycle(&mut self, now: Instant) -> Vec<(u32, Option<usize>)> {
+        let mut out = Vec::new();
+        for (q, result) in self.core.dispatch_cycle(now) {
+            let Some(id) = self.queued.remove(&q) else { continue };
+            self.queue_of.remove(&id);
+            let prepared = self.prepared.remove(&id);
+            let routed = match (result, prepared) {
+                (Ok(r), Some(p)) => self.route(id, r, &p, now),
+                _ => None,
+            };
+            out.push((id, routed));
+        }
+        out
+    }
+
+    fn queued(&self) -> usize {
+        self.core.queued()
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.core.next_deadline()
+    }
+
+    fn first_token(&mut self, id: u32, now: Instant) {
+        if let Some(r) = self.running.get_mut(&id) {
+            r.first_byte(now);
+        }
+    }
+
+    fn finished(&mut self, id: u32, usage: Usage, streaming: bool, now: Instant) {
+        if let Some(r) = self.running.remove(&id) {
+            let summary = ResponseSummary { status: Some(200), streaming, usage: Some(usage), ..Default::default() };
+            r.end(Some(&summary), now);
+        }
+    }
+
+    fn abandon(&mut self, id: u32, now: Instant) {
+        if let Some(q) = self.queue_of.remove(&id) {
+            self.core.cancel(q, now);
+            self.queued.remove(&q);
+            self.prepared.remove(&id);
+        }
+        // Dropping the request ends it without a response.
+        self.running.remove(&id);
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
     StepEnd(u32),
@@ -70,12 +199,6 @@ struct Req {
     cached: u32,
     /// Output tokens generated while every class was backlogged at the gate.
     backlogged_tokens: u32,
-    /// The request as the core prepared it (kept until it is decided).
-    prepared: Option<Box<PreparedRequest>>,
-    /// Its place in flow control while it waits there.
-    queue: Option<QueueId>,
-    /// The admitted request in the core: dropping it ends it.
-    request: Option<Request>,
 }
 
 /// What one simulation produced.
@@ -87,22 +210,32 @@ pub struct PointResult {
     pub virtual_s: f64,
     /// Engine steps simulated.
     pub steps: u64,
-    /// The endpoint index of every request the core routed, by request (arrival order); `None`
-    /// for one never routed (refused, expired in its queue, timed out while queued).
-    pub routed: Vec<Option<usize>>,
+    /// Per request (arrival order): the endpoint index the gateway routed it to (`None`: never
+    /// routed) and how it ended.
+    pub decisions: Vec<(Option<usize>, Ending)>,
 }
 
-struct Sim<'a> {
+/// How a simulated request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Completed.
+    Completed,
+    /// Refused by the gateway (shed, queue full, TTL) or the engine.
+    Rejected,
+    /// The client timed out.
+    TimedOut,
+}
+
+struct Sim<'a, F: Front> {
     sc: &'a Scenario,
     classes: Vec<ClassSpec>,
-    core: Arc<PoolCore>,
+    front: F,
     engines: Vec<Engine>,
     busy: Vec<bool>,
     endpoints: Vec<Arc<Endpoint>>,
     heap: BinaryHeap<Reverse<(u64, u64, Ev)>>,
     seq: u64,
     reqs: Vec<Req>,
-    queued: HashMap<QueueId, u32>,
     expire_at: Option<u64>,
     unresolved: usize,
     itl: LogHistogram,
@@ -117,13 +250,14 @@ struct Sim<'a> {
     all_backlogged: bool,
     backlog_since: f64,
     backlogged_s: f64,
+    flow_control: bool,
 }
 
 fn ns(t: f64) -> u64 {
     (t.max(0.0) * 1e9).round() as u64
 }
 
-impl Sim<'_> {
+impl<F: Front> Sim<'_, F> {
     fn push(&mut self, at: f64, ev: Ev) {
         self.seq += 1;
         self.heap.push(Reverse((ns(at), self.seq, ev)));
@@ -153,7 +287,7 @@ impl Sim<'_> {
 
     /// Updates the every-class-backlogged window after an event at `now`.
     fn track_backlog(&mut self, now: f64) {
-        let all = self.core.has_flow_control() && self.queued_by_class.iter().all(|&q| q > 0);
+        let all = self.flow_control && self.queued_by_class.iter().all(|&q| q > 0);
         if all != self.all_backlogged {
             if self.all_backlogged {
                 self.backlogged_s += now - self.backlog_since;
@@ -167,17 +301,15 @@ impl Sim<'_> {
     fn reject(&mut self, id: u32, now: f64) {
         if matches!(self.reqs[id as usize].state, State::Pending | State::Queued) {
             self.set_state(id, State::Rejected);
-            let r = &mut self.reqs[id as usize];
-            r.done = now;
-            r.prepared = None;
-            r.request = None;
+            self.reqs[id as usize].done = now;
             self.unresolved -= 1;
         }
     }
 
-    /// The request a benchmark client sends for request `id`: body and class headers, read by
-    /// the core as a driver reads it.
-    fn prepare(&self, id: u32) -> Option<PreparedRequest> {
+    /// Request `id` as a benchmark client sends it: the body, and the class's objective and
+    /// fairness headers when the scenario has classes.
+    fn arrival(&mut self, id: u32, now: f64) {
+        self.push(now + self.sc.client.timeout_s, Ev::Timeout(id));
         let r = &self.reqs[id as usize];
         let text = prompt_text(&r.spec, u64::from(id));
         let body = completion_body(&r.spec, &self.model, &text, self.sc.client.streaming);
@@ -190,33 +322,19 @@ impl Sim<'_> {
                 ("x-gateway-inference-fairness-id", class.fairness_id.as_deref().unwrap_or(&class.name)),
             ]
         };
-        let head = self.core.head(Some(COMPLETIONS), headers);
-        match self.core.prepare(head, Some(Bytes::from(body)), None) {
-            Ok(Prepared::Inference(p)) => Some(*p),
-            _ => None,
-        }
-    }
-
-    fn arrival(&mut self, id: u32, now: f64) {
-        self.push(now + self.sc.client.timeout_s, Ev::Timeout(id));
-        let Some(prepared) = self.prepare(id) else { return self.reject(id, now) };
-        match self.core.admit(&prepared, Instant::from_secs_f64(now)) {
-            Ok(Admission::Admitted(r)) => self.route(id, r, &prepared, now),
-            Ok(Admission::Queued(q)) => {
+        match self.front.arrive(id, &headers, Bytes::from(body), Instant::from_secs_f64(now)) {
+            Arrived::Routed(e) => self.route(id, e, &text, now),
+            Arrived::Queued => {
                 self.set_state(id, State::Queued);
-                let r = &mut self.reqs[id as usize];
-                r.prepared = Some(Box::new(prepared));
-                r.queue = Some(q);
-                self.queued.insert(q, id);
                 self.dispatch(now);
                 self.arm_expiry();
             }
-            Err(_) => self.reject(id, now),
+            Arrived::Rejected => self.reject(id, now),
         }
     }
 
     fn arm_expiry(&mut self) {
-        let Some(next) = self.core.next_deadline() else { return };
+        let Some(next) = self.front.next_deadline() else { return };
         let at = next.as_nanos();
         if self.expire_at.is_none_or(|e| at < e) {
             self.expire_at = Some(at);
@@ -225,48 +343,40 @@ impl Sim<'_> {
         }
     }
 
-    /// One dispatch cycle of the core at `now`, as the live gate runs one: each released request
-    /// is decided and routed, each expired one refused.
+    /// One dispatch cycle at `now`, as the live gate runs one: each released request goes to
+    /// its endpoint, each expired one is refused.
     fn dispatch(&mut self, now: f64) {
         self.dispatch_at(Instant::from_secs_f64(now), now);
     }
 
     fn dispatch_at(&mut self, t: Instant, now: f64) {
-        if self.core.queued() == 0 {
+        if self.front.queued() == 0 {
             return;
         }
-        for (q, result) in self.core.dispatch_cycle(t) {
-            let Some(id) = self.queued.remove(&q) else { continue };
-            self.reqs[id as usize].queue = None;
-            match result {
-                Ok(r) => {
-                    self.set_state(id, State::Pending);
-                    let prepared = self.reqs[id as usize].prepared.take();
-                    match prepared {
-                        Some(p) => self.route(id, r, &p, now),
-                        None => self.reject(id, now),
-                    }
+        for (id, routed) in self.front.cycle(t) {
+            if self.reqs[id as usize].state != State::Queued {
+                continue;
+            }
+            self.set_state(id, State::Pending);
+            match routed {
+                Some(e) => {
+                    let text = prompt_text(&self.reqs[id as usize].spec, u64::from(id));
+                    self.route(id, e, &text, now);
                 }
-                Err(_) => self.reject(id, now),
+                None => self.reject(id, now),
             }
         }
     }
 
-    fn route(&mut self, id: u32, mut request: Request, prepared: &PreparedRequest, now: f64) {
+    /// Request `id`, routed to endpoint `e`, reaches its engine.
+    fn route(&mut self, id: u32, e: usize, text: &str, now: f64) {
         let t = Instant::from_secs_f64(now);
-        let endpoint = match request.decide(prepared, None, t) {
-            Ok(eps) => eps[0].clone(),
-            Err(_) => return self.reject(id, now),
-        };
-        request.attempt(&endpoint, t);
-        let e = endpoint.id().0 as usize;
         let r = &mut self.reqs[id as usize];
         r.endpoint = e;
         r.routed = Some(e);
         r.state = State::Running;
         let hashes = if self.prefix_hashes {
-            let text = prepared.request.prompt.prefix_text();
-            igw_sim::prompt::block_hashes(&text, self.block_size, r.spec.adapter.as_deref().unwrap_or(""))
+            igw_sim::prompt::block_hashes(text, self.block_size, r.spec.adapter.as_deref().unwrap_or(""))
         } else {
             Vec::new()
         };
@@ -280,14 +390,13 @@ impl Sim<'_> {
         };
         if self.engines[e].submit(sim, t).is_err() {
             // The engine refused it (too long for its KV cache): released at once, as an error.
-            drop(request);
+            self.front.abandon(id, t);
             let r = &mut self.reqs[id as usize];
             r.state = State::Rejected;
             r.done = now;
             self.unresolved -= 1;
             return;
         }
-        self.reqs[id as usize].request = Some(request);
         self.kick(e, now);
     }
 
@@ -312,35 +421,33 @@ impl Sim<'_> {
             if r.state != State::Running {
                 continue;
             }
-            if r.tokens == 0 {
+            let first = r.tokens == 0;
+            if first {
                 r.first = now;
-                if let Some(req) = &mut r.request {
-                    req.first_byte(t);
-                }
             } else {
                 self.itl.record(now - r.last);
             }
             r.last = now;
             r.tokens += 1;
             r.backlogged_tokens += u32::from(self.all_backlogged);
-            if let Some(f) = ev.finished {
+            let done = ev.finished.map(|f| {
                 r.cached = f.cached_tokens;
                 r.state = State::Completed;
                 r.done = now;
-                self.unresolved -= 1;
-                // The response's usage, as the server reports it in its last event or body.
                 let (prompt, completion) = (u64::from(r.spec.input), u64::from(r.tokens));
-                let usage = Usage {
+                Usage {
                     prompt_tokens: prompt,
                     completion_tokens: completion,
                     total_tokens: prompt + completion,
                     cached_tokens: u64::from(f.cached_tokens),
-                };
-                let summary =
-                    ResponseSummary { status: Some(200), streaming, usage: Some(usage), ..Default::default() };
-                if let Some(req) = r.request.take() {
-                    req.end(Some(&summary), t);
                 }
+            });
+            if first {
+                self.front.first_token(id, t);
+            }
+            if let Some(usage) = done {
+                self.unresolved -= 1;
+                self.front.finished(id, usage, streaming, t);
             }
         }
         self.kick(e, now);
@@ -349,26 +456,17 @@ impl Sim<'_> {
 
     fn timeout(&mut self, id: u32, now: f64) {
         let t = Instant::from_secs_f64(now);
-        let state = self.reqs[id as usize].state;
-        match state {
-            State::Queued => {
-                if let Some(q) = self.reqs[id as usize].queue.take() {
-                    self.core.cancel(q, t);
-                    self.queued.remove(&q);
-                }
-                self.reqs[id as usize].prepared = None;
-            }
+        match self.reqs[id as usize].state {
+            State::Queued => self.front.abandon(id, t),
             State::Running => {
                 let e = self.reqs[id as usize].endpoint;
                 self.engines[e].abort(RequestId(u64::from(id)), t);
-                // The client gave up: the request ends without a response.
-                self.reqs[id as usize].request = None;
+                self.front.abandon(id, t);
             }
             _ => return,
         }
         self.set_state(id, State::TimedOut);
-        let r = &mut self.reqs[id as usize];
-        r.done = now;
+        self.reqs[id as usize].done = now;
         self.unresolved -= 1;
         self.dispatch(now);
     }
@@ -437,6 +535,41 @@ pub fn run_point_with(
     qps: f64,
     capacity_qps: f64,
 ) -> Result<PointResult, BenchError> {
+    run_point_through(sc, generator, policy, qps, capacity_qps, CoreFront::new)
+}
+
+/// The pool's request core a point runs on: `policy`'s scheduler (and flow control) over a
+/// datastore of the fleet's endpoints holding the scenario's classes as InferenceObjectives,
+/// as the real-time runs configure the gateway; seeded from the scenario.
+pub fn point_core(sc: &Scenario, policy: Policy, endpoints: usize) -> Result<PoolCore, BenchError> {
+    let ds = Arc::new(Datastore::with_endpoints((0..endpoints).map(|i| {
+        EndpointMeta::from_addr(std::net::SocketAddr::from(([10, 0, (i >> 8) as u8, (i & 255) as u8], 8000)))
+    })));
+    for c in &sc.classes {
+        ds.apply_objective(InferenceObjective {
+            id: ObjectRef::new("default", &c.name),
+            priority: c.priority,
+            legacy_model_name: None,
+        });
+    }
+    let mut core = PoolCore::new("sim", ds, Arc::new(policy.scheduler))
+        .with_seed(sc.arrivals.seed.wrapping_mul(31).wrapping_add(7));
+    if let Some(cfg) = policy.flow {
+        core = core.with_flow_control(cfg).map_err(|e| BenchError::Policy(policy.name.clone(), e.to_string()))?;
+    }
+    Ok(core)
+}
+
+/// [`run_point_with`] with the gateway side built by `front` over the point's core
+/// ([`point_core`]): [`CoreFront`] for the simulator's own, a live driver in tests.
+pub fn run_point_through<F: Front>(
+    sc: &Scenario,
+    generator: &Generator,
+    policy: Policy,
+    qps: f64,
+    capacity_qps: f64,
+    front: impl FnOnce(Arc<PoolCore>) -> F,
+) -> Result<PointResult, BenchError> {
     let policy_name = policy.name.clone();
     let policy_name = policy_name.as_str();
     let profile = sc.profile()?;
@@ -450,19 +583,10 @@ pub fn run_point_with(
         cfg.max_loras = sc.fleet.max_loras;
         engines.push(Engine::new(cfg)?);
     }
-    let ds = Arc::new(Datastore::with_endpoints((0..engines.len()).map(|i| {
-        EndpointMeta::from_addr(std::net::SocketAddr::from(([10, 0, (i >> 8) as u8, (i & 255) as u8], 8000)))
-    })));
+    let flow_control = policy.flow.is_some();
+    let core = Arc::new(point_core(sc, policy, engines.len())?);
+    let endpoints = core.datastore().snapshot().endpoints.clone();
     let classes = sc.classes();
-    // The scenario's classes as InferenceObjectives, as the real-time runs configure the gateway.
-    for c in &sc.classes {
-        ds.apply_objective(InferenceObjective {
-            id: ObjectRef::new("default", &c.name),
-            priority: c.priority,
-            legacy_model_name: None,
-        });
-    }
-    let endpoints = ds.snapshot().endpoints.clone();
     let reqs: Vec<Req> = point_arrivals(sc, generator, qps)
         .into_iter()
         .map(|a| Req {
@@ -478,21 +602,13 @@ pub fn run_point_with(
             tokens: 0,
             cached: 0,
             backlogged_tokens: 0,
-            prepared: None,
-            queue: None,
-            request: None,
         })
         .collect();
-    let mut core = PoolCore::new("sim", ds.clone(), Arc::new(policy.scheduler))
-        .with_seed(sc.arrivals.seed.wrapping_mul(31).wrapping_add(7));
-    if let Some(cfg) = policy.flow {
-        core = core.with_flow_control(cfg).map_err(|e| BenchError::Policy(policy_name.into(), e.to_string()))?;
-    }
     let n = engines.len();
     let mut sim = Sim {
         sc,
         classes: classes.clone(),
-        core: Arc::new(core),
+        front: front(core),
         busy: vec![false; n],
         engines,
         endpoints,
@@ -500,7 +616,6 @@ pub fn run_point_with(
         seq: 0,
         unresolved: reqs.len(),
         reqs,
-        queued: HashMap::new(),
         expire_at: None,
         itl: LogHistogram::default(),
         steps: 0,
@@ -512,6 +627,7 @@ pub fn run_point_with(
         all_backlogged: false,
         backlog_since: 0.0,
         backlogged_s: 0.0,
+        flow_control,
     };
     let times: Vec<f64> = sim.reqs.iter().map(|r| r.arrival).collect();
     for (i, t) in times.into_iter().enumerate() {
@@ -547,11 +663,22 @@ pub fn run_point_with(
         sim.backlogged_s += now - sim.backlog_since;
     }
     let row = summarize(&sim, policy_name, qps, capacity_qps, now);
-    let routed = sim.reqs.iter().map(|r| r.routed).collect();
-    Ok(PointResult { row, virtual_s: now, steps: sim.steps, routed })
+    let decisions = sim
+        .reqs
+        .iter()
+        .map(|r| {
+            let ending = match r.state {
+                State::Completed => Ending::Completed,
+                State::TimedOut => Ending::TimedOut,
+                _ => Ending::Rejected,
+            };
+            (r.routed, ending)
+        })
+        .collect();
+    Ok(PointResult { row, virtual_s: now, steps: sim.steps, decisions })
 }
 
-fn summarize(sim: &Sim<'_>, policy: &str, qps: f64, capacity: f64, end: f64) -> Row {
+fn summarize<F: Front>(sim: &Sim<'_, F>, policy: &str, qps: f64, capacity: f64, end: f64) -> Row {
     let sc = sim.sc;
     let (mut tpot, mut ttft, mut e2e) = (Vec::new(), Vec::new(), Vec::new());
     // Per class: the row, e2e latencies, completed output tokens, and those completed while

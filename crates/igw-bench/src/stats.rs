@@ -1,15 +1,8 @@
-//! Percentiles: exact over stored samples, or from a log-bucketed histogram for the many
-//! inter-token gaps (1% relative resolution).
+//! Percentiles: exact over stored samples ([`percentile`], igw's one definition,
+//! [`igw_core::stats`]: nearest rank), or from a log-bucketed histogram for the many inter-token
+//! gaps (1% relative resolution, the same rank).
 
-/// The `p` quantile (0..=1, nearest rank) of samples; 0 when empty. Sorts in place.
-pub fn percentile(samples: &mut [f64], p: f64) -> f64 {
-    if samples.is_empty() {
-        return 0.0;
-    }
-    samples.sort_unstable_by(f64::total_cmp);
-    let i = ((samples.len() - 1) as f64 * p.clamp(0.0, 1.0)).round() as usize;
-    samples[i]
-}
+pub use igw_core::stats::quantile as percentile;
 
 /// A histogram of positive values in buckets 1% wide (relative), from 1 µs up.
 #[derive(Debug, Clone, Default)]
@@ -47,11 +40,11 @@ impl LogHistogram {
         if self.total == 0 {
             return 0.0;
         }
-        let rank = ((self.total - 1) as f64 * p.clamp(0.0, 1.0)).round() as u64;
+        let rank = igw_core::stats::nearest_rank(usize::try_from(self.total).unwrap_or(usize::MAX), p) as u64;
         let mut seen = 0;
         for (i, c) in self.counts.iter().enumerate() {
             seen += c;
-            if seen > rank {
+            if seen >= rank {
                 return if i == 0 { MIN } else { MIN * BASE.powi(i as i32) };
             }
         }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod metrics;
 pub mod objective;
 pub mod request;
+pub mod stats;
 pub mod time;
 
 pub use datastore::{Datastore, Snapshot};

@@ -86,13 +86,8 @@ fn text(rng: &mut SmallRng, len: usize) -> String {
     s
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
+/// igw's one percentile definition (nearest rank) over sorted samples.
+use igw_core::stats::quantile_sorted as percentile;
 
 /// A warmed pool and the requests to time: what both `igw bench scheduler` and the criterion
 /// benches measure.

@@ -21,12 +21,9 @@ fn arg<T: std::str::FromStr>(i: usize, default: T) -> T {
     std::env::args().nth(i).and_then(|s| s.parse().ok()).unwrap_or(default)
 }
 
+/// igw's one percentile definition (nearest rank).
 fn pct(v: &mut [f64], q: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    v[((v.len() as f64 * q) as usize).min(v.len() - 1)]
+    igw_core::stats::quantile(v, q)
 }
 
 /// One keep-alive client: sends streamed completions back to back until `until`; returns

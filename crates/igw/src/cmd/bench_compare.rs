@@ -923,18 +923,15 @@ mod tests {
         let sc = igw_bench::scenario::Scenario::builtin("priority-overload").unwrap();
         let addrs = ["127.0.0.1:8001".to_string(), "127.0.0.1:8002".to_string()];
         let text = serve_config(&addrs, "igw", true, &sc, 1.0);
-        let plan = super::super::gateway_config::parse(&text, Path::new("c.yaml"), "random").unwrap();
+        let plan = igw_gateway::config::parse(&text, Path::new("c.yaml"), "random").unwrap();
         assert_eq!(plan.pools[0].endpoints.len(), 2);
         assert_eq!(plan.pools[0].scheduler_source, "policy igw with flowControl", "{text}");
         assert_eq!(plan.pools[0].flow.as_ref().unwrap().default_ttl, Some(Duration::from_secs(30)));
         let prios: Vec<(String, i32)> = plan.objectives.iter().map(|o| (o.id.name.clone(), o.priority)).collect();
         assert_eq!(prios, [("critical".into(), 10), ("standard".into(), 0), ("sheddable".into(), -1)]);
-        let plain = super::super::gateway_config::parse(
-            &serve_config(&addrs, "random", false, &sc, 1.0),
-            Path::new("c.yaml"),
-            "igw",
-        )
-        .unwrap();
+        let plain =
+            igw_gateway::config::parse(&serve_config(&addrs, "random", false, &sc, 1.0), Path::new("c.yaml"), "igw")
+                .unwrap();
         assert!(plain.pools[0].flow.is_none() && plain.objectives.len() == 3);
         // A scenario without classes declares no objectives.
         let shared = igw_bench::scenario::Scenario::builtin("shared-prefix").unwrap();
@@ -948,7 +945,7 @@ mod tests {
         ))
         .unwrap();
         let text = serve_config(&addrs, "igw", true, &holdback, 1.0);
-        let plan = super::super::gateway_config::parse(&text, Path::new("c.yaml"), "igw").unwrap();
+        let plan = igw_gateway::config::parse(&text, Path::new("c.yaml"), "igw").unwrap();
         assert_eq!(plan.pools[0].flow.as_ref().unwrap().batch_holdback, Some(65.0), "{text}");
     }
 

@@ -196,12 +196,12 @@ async fn bench(args: &ExtprocArgs) -> anyhow::Result<ExtprocReport> {
     let _ = stop_pool.send(true);
     let mut l = latencies;
     l.sort_unstable();
+    // igw's one percentile definition (igw_core::stats: nearest rank).
     let pct = |p: f64| -> f64 {
         if l.is_empty() {
             return 0.0;
         }
-        let i = ((l.len() as f64 * p).ceil() as usize).clamp(1, l.len()) - 1;
-        l[i].as_secs_f64() * 1e6
+        l[igw_core::stats::nearest_rank(l.len(), p) - 1].as_secs_f64() * 1e6
     };
     Ok(ExtprocReport {
         endpoints: args.endpoints,

@@ -354,16 +354,9 @@ pub async fn run_step(target: &Target, qps: f64, duration: Duration, sends: Vec<
     for send in sends {
         tokio::time::sleep_until(start + Duration::from_secs_f64(send.at.max(0.0))).await;
         let spec = &send.spec;
-        let model = spec.adapter.as_deref().map_or_else(|| target.model.clone(), str::to_string);
-        let body = serde_json::json!({
-            "model": model,
-            "prompt": send.text.unwrap_or_else(|| igw_bench::workload::prompt_text(spec, send.id)),
-            "max_tokens": spec.output,
-            "ignore_eos": true,
-            "stream": true,
-            "stream_options": {"include_usage": true},
-        })
-        .to_string();
+        let prompt = send.text.unwrap_or_else(|| igw_bench::workload::prompt_text(spec, send.id));
+        // The body the simulator feeds the request core for the same request.
+        let body = igw_bench::workload::completion_body(spec, &target.model, &prompt, true);
         let (client, url, timeout) = (target.client.clone(), target.completions.clone(), target.timeout);
         let counts = counts.clone();
         counts.sent.fetch_add(1, Ordering::Relaxed);
@@ -549,12 +542,10 @@ impl SseTimer {
     }
 }
 
+/// The `p` quantile in milliseconds of samples in seconds, by igw's one definition
+/// ([`igw_core::stats`], nearest rank), the one the simulator's rows use.
 fn pct(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1] * 1000.0
+    igw_core::stats::quantile(v, p) * 1000.0
 }
 
 /// Counts and latency samples of a set of outcomes (a step, or one class of it).

@@ -10,8 +10,8 @@ use anyhow::{Context as _, bail};
 use clap::{ArgAction, Args};
 use igw_core::{Datastore, EndpointMeta};
 use igw_extproc::{Health, Listeners, ServerConfig, StreamConfig, TlsConfig};
+use igw_gateway::admin::Admin;
 use igw_metrics::{EngineRegistry, ScrapeConfig, Scraper};
-use igw_proxy::admin::Admin;
 
 fn parse_go_duration(s: &str) -> Result<Duration, String> {
     igw_sched::flow::quantity::parse_duration(s).map_err(|e| e.to_string())
@@ -193,7 +193,7 @@ async fn serve(args: EppArgs) -> anyhow::Result<()> {
     let endpoints = EndpointMeta::parse_list(&args.endpoints.join(",")).context("--endpoints")?;
     let datastore = Arc::new(Datastore::with_endpoints(endpoints));
     datastore.reset_objectives(args.objectives.iter().map(|(name, priority)| igw_core::InferenceObjective {
-        id: igw_core::ObjectRef::new(super::gateway_config::NAMESPACE, name),
+        id: igw_core::ObjectRef::new(igw_gateway::config::NAMESPACE, name),
         priority: *priority,
         legacy_model_name: None,
     }));
@@ -237,14 +237,14 @@ async fn serve(args: EppArgs) -> anyhow::Result<()> {
     };
     let pool_label = if args.pool_name.is_empty() { "static".to_string() } else { args.pool_name.clone() };
     let flow_on = flow_config.is_some();
-    let pool = super::picker::pool(&pool_label, &datastore, scheduler, flow_config, args.max_endpoints.max(1))?;
+    let pool = igw_gateway::pools::pool(&pool_label, &datastore, scheduler, flow_config, args.max_endpoints.max(1))?;
     let has_plugin = |kind: &str| epp_config.as_ref().is_some_and(|c| c.has_plugin_type(kind));
     let test_endpoint_selection = args.conformance_test_mode || has_plugin("header-based-testing-filter");
     let served_endpoint_verifier = args.conformance_test_mode || has_plugin("destination-endpoint-served-verifier");
     if test_endpoint_selection || served_endpoint_verifier {
         tracing::warn!("conformance test mode: requests may steer their own pick with test-epp-endpoint-selection");
     }
-    let extra_metrics = super::picker::metric_sources(&pool);
+    let extra_metrics = igw_gateway::pools::metric_sources(&pool);
     if flow_on {
         tracing::info!("flow control on: requests queue by priority and fairness id until the pool has room");
     }
@@ -321,17 +321,13 @@ async fn serve(args: EppArgs) -> anyhow::Result<()> {
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let metrics_task = tokio::spawn(igw_proxy::listener::serve(
-        metrics_l,
-        move |req| admin.clone().handle(req),
-        wait(stop_rx.clone()),
-        Duration::from_secs(1),
-    ));
+    let metrics_task = tokio::spawn(admin.serve(metrics_l, wait(stop_rx.clone())));
     tracing::info!(
         grpc = %ext.local_addr()?, health = %health_l.local_addr()?, metrics = %args.metrics_port,
         tls = args.secure_serving, endpoints = datastore.snapshot().endpoints.len(), "igw epp serving"
     );
-    let gate_task = pool.gate().map(|g| tokio::spawn(g.clone().run(Duration::from_millis(10), wait(stop_rx.clone()))));
+    let gate_task =
+        pool.gate().map(|g| tokio::spawn(g.clone().run(igw_gateway::pools::FLOW_TICK, wait(stop_rx.clone()))));
     let server = tokio::spawn(igw_extproc::serve(
         config,
         pool.clone(),

@@ -8,13 +8,8 @@ pub mod bench_run;
 pub mod bench_workload;
 pub mod crds;
 pub mod epp;
-pub mod gateway_config;
 pub mod manifests;
-pub mod picker;
 pub mod serve;
-pub mod serve_pools;
-#[cfg(test)]
-mod serve_tests;
 pub mod sim;
 pub mod tracing_otel;
 
@@ -24,12 +19,4 @@ pub fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
-}
-
-/// A seed for production randomness (random tie breaks, request ids), different per process.
-pub fn seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
-    h.finish()
 }

@@ -3,6 +3,7 @@
 //! With no arguments it starts an embedded pool of simulated vLLM replicas on loopback, so the
 //! quick start works anywhere; `--endpoints ip:port,...` routes to real model servers instead, and
 //! `--config gateway.yaml` to several pools with model routing, reloaded when the file changes.
+//! This file turns the flags into [`ServeOptions`] and a [`Source`]; `igw_gateway::serve` runs them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,16 +13,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use igw_core::EndpointMeta;
+use igw_gateway::pools::Reloader;
+use igw_gateway::serve::{ServeOptions, Serving, Source};
 use igw_metrics::ScrapeConfig;
-use igw_proxy::gateway::{Gateway, GatewayConfig};
-use igw_proxy::pools_admin::PoolsAdmin;
+use igw_proxy::gateway::GatewayConfig;
 use igw_sim::profile::Profile;
 use igw_sim::{Fleet, FleetConfig};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-
-use super::gateway_config::{self, GatewayPlan};
-use super::serve_pools::{ADMIN_STALENESS, PoolSet, Reloader};
 
 /// Default gateway listener.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -95,145 +93,23 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    fn gateway_config(&self) -> GatewayConfig {
-        GatewayConfig {
-            max_body_bytes: self.max_body_bytes,
-            response_head_timeout: Duration::from_secs_f64(self.response_timeout_secs.max(0.001)),
-            ..GatewayConfig::default()
-        }
-    }
-
-    fn scrape_config(&self) -> ScrapeConfig {
-        ScrapeConfig {
-            interval: Duration::from_millis(self.refresh_metrics_interval_ms.max(1)),
-            ..ScrapeConfig::default()
-        }
-    }
-}
-
-/// Where `igw serve` gets its endpoints.
-#[derive(Debug)]
-pub enum Source {
-    /// A configuration file, already loaded and validated.
-    Config(PathBuf, GatewayPlan),
-    /// One pool of static endpoints (`--endpoints`, or the embedded simulated pool).
-    Static(Vec<EndpointMeta>),
-    /// One pool discovered from Kubernetes (`--inference-pool` or `--endpoint-selector`).
-    Kubernetes(igw_k8s::watch::DiscoveryConfig),
-}
-
-/// A running `igw serve`.
-pub struct Serving {
-    /// Where the gateway listens.
-    pub addr: SocketAddr,
-    /// Where the admin listener listens.
-    pub admin_addr: SocketAddr,
-    /// The configuration file's reloader (with `--config`).
-    pub reloader: Option<Arc<Reloader>>,
-    gateway: Arc<Gateway>,
-    static_pools: Option<PoolSet>,
-    /// Kubernetes discovery feeding the pool, when it comes from a cluster.
-    discovery_task: Option<JoinHandle<()>>,
-    stop: tokio::sync::watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl std::fmt::Debug for Serving {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Serving")
-            .field("addr", &self.addr)
-            .field("admin_addr", &self.admin_addr)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Serving {
-    /// Starts the pools, the gateway on `listener` and the admin listener on `admin_listener`.
-    pub async fn start(
-        args: &ServeArgs,
-        source: Source,
-        listener: TcpListener,
-        admin_listener: TcpListener,
-    ) -> anyhow::Result<Self> {
-        let mut discovery_task = None;
-        let (gateway, admin, reloader, static_pools) = match source {
-            Source::Config(file, plan) => {
-                let r = Reloader::start(file, plan, &args.policy, args.scrape_config(), args.gateway_config()).await?;
-                (r.gateway().clone(), r.admin().clone(), Some(r), None)
-            }
-            Source::Static(_) | Source::Kubernetes(_) => {
-                let (datastore, discovery) = match source {
-                    Source::Static(endpoints) => (Arc::new(igw_core::Datastore::with_endpoints(endpoints)), None),
-                    Source::Kubernetes(cfg) => {
-                        let ds = Arc::new(igw_core::Datastore::new());
-                        let d =
-                            igw_k8s::watch::start(ds.clone(), &cfg).await.context("starting Kubernetes discovery")?;
-                        (ds, Some(d))
-                    }
-                    Source::Config(..) => unreachable!("handled above"),
-                };
-                discovery_task = discovery.map(|d| d.task);
-                let pool_name = args.inference_pool.as_deref().unwrap_or(&args.pool_name);
-                let scheduler = igw_sched::Scheduler::from_policy(&args.policy).context("--policy")?;
-                let flow = args.flow_control.then(igw_sched::flow::FlowConfig::igw);
-                let pool =
-                    super::picker::pool(pool_name, &datastore, scheduler, flow, args.gateway_config().max_attempts)?;
-                let mut pools = PoolSet::single(pool_name, datastore, pool, &args.scrape_config());
-                pools.warm_and_start().await;
-                let routes = pools.take_routes().context("routes")?;
-                let admin = Arc::new(PoolsAdmin::new(pools.view(), ADMIN_STALENESS, None));
-                (Arc::new(Gateway::with_routes(routes, args.gateway_config())), admin, None, Some(pools))
-            }
-        };
-        let addr = listener.local_addr()?;
-        let admin_addr = admin_listener.local_addr()?;
-        let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        let drain = Duration::from_secs_f64(args.drain_secs.max(0.0));
-        let mut tasks = vec![
-            tokio::spawn(igw_proxy::listener::serve(
-                admin_listener,
-                move |req| admin.clone().handle(req),
-                wait_stop(stop_rx.clone()),
-                Duration::from_secs(1),
-            )),
-            tokio::spawn({
-                let gateway = gateway.clone();
-                igw_proxy::listener::serve(
-                    listener,
-                    move |req| gateway.clone().handle(req),
-                    wait_stop(stop_rx.clone()),
-                    drain,
-                )
-            }),
-        ];
-        if let Some(r) = &reloader {
-            tasks.push(r.watch(Duration::from_millis(args.config_poll_ms.max(1)), wait_stop(stop_rx.clone())));
-        }
-        Ok(Serving { addr, admin_addr, reloader, gateway, static_pools, discovery_task, stop, tasks })
-    }
-
-    /// The gateway.
-    pub fn gateway(&self) -> &Arc<Gateway> {
-        &self.gateway
-    }
-
-    /// Stops accepting, drains in-flight requests (up to `--drain-secs`), stops the scrapers.
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = t.await;
-        }
-        if let Some(r) = &self.reloader {
-            r.shutdown().await;
-        }
-        if let Some(p) = self.static_pools {
-            p.stop(None).await;
-        }
-        if let Some(d) = self.discovery_task {
-            d.abort();
+    /// The run-time options these flags describe.
+    fn options(&self) -> ServeOptions {
+        ServeOptions {
+            policy: self.policy.clone(),
+            pool_name: self.inference_pool.clone().unwrap_or_else(|| self.pool_name.clone()),
+            flow_control: self.flow_control,
+            gateway: GatewayConfig {
+                max_body_bytes: self.max_body_bytes,
+                response_head_timeout: Duration::from_secs_f64(self.response_timeout_secs.max(0.001)),
+                ..GatewayConfig::default()
+            },
+            scrape: ScrapeConfig {
+                interval: Duration::from_millis(self.refresh_metrics_interval_ms.max(1)),
+                ..ScrapeConfig::default()
+            },
+            drain: Duration::from_secs_f64(self.drain_secs.max(0.0)),
+            config_poll: Duration::from_millis(self.config_poll_ms.max(1)),
         }
     }
 }
@@ -253,7 +129,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut model = None;
     let (source, file_listen, file_admin) = match &args.config {
         Some(path) => {
-            let plan = gateway_config::load(path, &args.policy).context("invalid gateway configuration")?;
+            let plan = igw_gateway::config::load(path, &args.policy).context("invalid gateway configuration")?;
             let (l, a) = (plan.listen, plan.admin_listen);
             (Source::Config(path.clone(), plan), l, a)
         }
@@ -291,7 +167,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(a) => a,
         None => default(DEFAULT_ADMIN_LISTEN)?,
     };
-    let serving = Serving::start(&args, source, bind(listen).await?, bind(admin_listen).await?).await?;
+    let serving = Serving::start(&args.options(), source, bind(listen).await?, bind(admin_listen).await?).await?;
     let (addr, admin_addr) = (serving.addr, serving.admin_addr);
     let pools = serving.gateway().routes();
     let n: usize = pools.pools().iter().map(|p| p.pool.core().snapshot().endpoints.len()).sum();

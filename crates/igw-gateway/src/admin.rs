@@ -1,7 +1,10 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/debug/endpoints`.
+//! The admin listener of one pool (`igw epp`'s metrics port): `/healthz`, `/readyz`, `/metrics`,
+//! `/debug/endpoints`, and the pieces [`crate::pools_admin`] builds its pages from: the
+//! `inference_pool_*` gauges ([`pool_metrics`]) and the per-endpoint JSON ([`endpoints_json`]).
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +13,10 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use igw_core::time::{Clock, process_clock};
 use igw_core::{Datastore, Snapshot};
+use tokio::net::TcpListener;
+
+/// How long an admin listener lets open connections finish once it is told to stop.
+pub const ADMIN_DRAIN: Duration = Duration::from_secs(1);
 
 /// Where extra metric text comes from (the request path's counters and histograms).
 pub trait MetricsSource: Send + Sync + 'static {
@@ -48,6 +55,12 @@ pub fn escape_label(v: &str) -> String {
 }
 
 impl Admin {
+    /// Serves the admin endpoints on `listener` (HTTP/1.1 and h2c) until `shutdown` resolves, then
+    /// lets open connections finish for up to [`ADMIN_DRAIN`].
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        igw_proxy::listener::serve(listener, move |req| self.clone().handle(req), shutdown, ADMIN_DRAIN).await;
+    }
+
     /// Serves one admin request.
     pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Result<Response<Full<Bytes>>, Infallible> {
         if req.method() != Method::GET {

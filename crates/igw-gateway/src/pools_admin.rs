@@ -5,6 +5,7 @@
 //! `/debug/config` shows the configuration status (generation, last load error).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,8 +14,9 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use igw_core::Datastore;
+use tokio::net::TcpListener;
 
-use crate::admin::{MetricsSource, endpoints_json, pool_metrics};
+use crate::admin::{ADMIN_DRAIN, MetricsSource, endpoints_json, pool_metrics};
 use crate::exposition::merge;
 
 /// One pool as the admin listener sees it.
@@ -114,6 +116,12 @@ impl PoolsAdmin {
             all.extend(eps);
         }
         serde_json::json!({"pools": pools, "endpoints": all})
+    }
+
+    /// Serves the admin endpoints on `listener` (HTTP/1.1 and h2c) until `shutdown` resolves, then
+    /// lets open connections finish for up to [`ADMIN_DRAIN`].
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        igw_proxy::listener::serve(listener, move |req| self.clone().handle(req), shutdown, ADMIN_DRAIN).await;
     }
 
     /// Serves one admin request.

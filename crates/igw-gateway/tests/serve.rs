@@ -12,35 +12,20 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::http::{Request, Response, StatusCode};
 use igw_core::EndpointMeta;
-use igw_proxy::gateway::SERVED_HEADER;
+use igw_gateway::config as gateway_config;
+use igw_gateway::serve::{ServeOptions, Serving, Source};
+use igw_proxy::gateway::{GatewayConfig, SERVED_HEADER};
 use igw_proxy::upstream::Upstream;
 use igw_sim::profile::Profile;
 use igw_sim::{Fleet, FleetConfig};
 use tokio::net::TcpListener;
 
-use super::gateway_config;
-use super::serve::{ServeArgs, Serving, Source};
-
-fn args() -> ServeArgs {
-    ServeArgs {
-        listen: None,
-        admin_listen: None,
-        endpoints: Vec::new(),
-        config: None,
-        config_poll_ms: 2,
-        sim_replicas: 4,
-        sim_time_scale: 1.0,
-        max_body_bytes: igw_request::DEFAULT_MAX_BODY_BYTES,
-        response_timeout_secs: 30.0,
-        drain_secs: 1.0,
-        refresh_metrics_interval_ms: 50,
-        policy: "igw".into(),
-        pool_name: "default".into(),
-        flow_control: false,
-        inference_pool: None,
-        pool_namespace: String::new(),
-        endpoint_selector: None,
-        endpoint_target_ports: vec![8000],
+fn args() -> ServeOptions {
+    ServeOptions {
+        gateway: GatewayConfig { response_head_timeout: Duration::from_secs(30), ..GatewayConfig::default() },
+        drain: Duration::from_secs(1),
+        config_poll: Duration::from_millis(2),
+        ..ServeOptions::default()
     }
 }
 

@@ -1,11 +1,14 @@
-//! The running pools of `igw serve` and their replacement when the configuration file changes.
+//! Running pools: the request core every data plane routes with ([`pool`]), its metric sources
+//! for the admin listener ([`metric_sources`]), and the pools of a gateway configuration with
+//! their replacement when the file changes ([`PoolSet`], [`Reloader`]).
 //!
 //! A [`PoolSet`] is everything one configuration generation runs: per pool a datastore, a
-//! request core (with flow control when on) and a metrics scraper. A reload builds the next set completely (datastores filled,
-//! every endpoint scraped once) before the gateway's routing table and the admin view are
-//! swapped to it; requests already in flight finish on the set they started with, and the old
-//! set's scrapers stop once it is replaced. A file that does not load leaves everything as it
-//! was and is reported in the log, on `/debug/config` and in `igw_config_*` metrics.
+//! request core (with flow control when on) and a metrics scraper. A reload builds the next set
+//! completely (datastores filled, every endpoint scraped once) before the gateway's routing table
+//! and the admin view are swapped to it; requests already in flight finish on the set they started
+//! with, and the old set's scrapers stop once it is replaced. A pool whose definition is unchanged
+//! is carried over as it runs. A file that does not load leaves everything as it was and is
+//! reported in the log, on `/debug/config` and in the `igw_config_*` metrics.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -14,16 +17,97 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use igw_core::Datastore;
+use igw_core::{CoreError, Datastore};
 use igw_metrics::{EngineRegistry, ScrapeConfig, Scraper};
 use igw_proxy::gateway::{Gateway, GatewayConfig};
-use igw_proxy::pools_admin::{AdminPool, AdminView, ConfigStatus, PoolsAdmin};
-use igw_proxy::routes::{PoolRoute, Routes};
-use igw_request::Pool;
+use igw_proxy::routes::{PoolRoute, Routes, RoutesError};
+use igw_request::metrics::RequestMetrics;
+use igw_request::{Pool, PoolCore};
+use igw_sched::Scheduler;
+use igw_sched::flow::{FlowConfig, FlowConfigError};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::gateway_config::{self, GatewayPlan};
+use crate::admin::MetricsSource;
+use crate::config::{self, GatewayPlan};
+use crate::pools_admin::{AdminPool, AdminView, ConfigStatus, PoolsAdmin};
+
+/// Why pools could not be built or started.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// A rewrite of the configuration was refused by the pool's datastore.
+    #[error(transparent)]
+    Rewrite(#[from] CoreError),
+    /// The pool's flow-control configuration cannot be used.
+    #[error("flow control: {0}")]
+    FlowControl(FlowConfigError),
+    /// The model → pool routing table cannot be built.
+    #[error(transparent)]
+    Routes(#[from] RoutesError),
+    /// The pool set's routing table was already handed to a gateway.
+    #[error("routes already taken")]
+    RoutesTaken,
+}
+
+/// A seed for production randomness (random tie breaks, request ids), different per process.
+fn process_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.finish()
+}
+
+/// The pool `name` over `datastore`, deciding with `scheduler` and returning up to
+/// `max_endpoints` per decision; with `flow` the requests wait in flow control (and legacy
+/// shedding of sheddable requests is off, as upstream), on the process clock. Its random draws
+/// are seeded differently in every process.
+pub fn pool(
+    name: &str,
+    datastore: &Arc<Datastore>,
+    scheduler: Scheduler,
+    flow: Option<FlowConfig>,
+    max_endpoints: usize,
+) -> Result<Arc<Pool>, PoolError> {
+    let clock = Arc::new(*igw_core::time::process_clock());
+    let mut core = PoolCore::new(name, datastore.clone(), Arc::new(scheduler))
+        .with_seed(process_seed())
+        .with_max_endpoints(max_endpoints)
+        .with_timer(clock.clone());
+    if let Some(fc) = flow {
+        core = core.with_flow_control(fc).map_err(PoolError::FlowControl)?;
+    }
+    Ok(Pool::new(Arc::new(core), clock))
+}
+
+/// Exposes flow control's metrics (`inference_extension_flow_control_*`) on the admin listener.
+#[derive(Debug)]
+pub struct FlowMetricsSource(pub Arc<igw_request::flow_gate::FlowMetrics>);
+
+impl MetricsSource for FlowMetricsSource {
+    fn render(&self, out: &mut String) {
+        self.0.render(out);
+    }
+}
+
+/// Exposes the core's request metrics on the admin listener.
+#[derive(Debug)]
+pub struct RequestMetricsSource(pub Arc<RequestMetrics>);
+
+impl MetricsSource for RequestMetricsSource {
+    fn render(&self, out: &mut String) {
+        self.0.render(out);
+    }
+}
+
+/// The admin listener's metric sources of `pool`: its request metrics and, with flow control,
+/// flow control's.
+pub fn metric_sources(pool: &Pool) -> Vec<Arc<dyn MetricsSource>> {
+    let mut v: Vec<Arc<dyn MetricsSource>> = vec![Arc::new(RequestMetricsSource(pool.core().metrics().clone()))];
+    if pool.gate().is_some() {
+        v.push(Arc::new(FlowMetricsSource(pool.core().flow_metrics().clone())));
+    }
+    v
+}
 
 /// Metrics older than this are shown as stale on the admin listener.
 pub const ADMIN_STALENESS: Duration = Duration::from_secs(2);
@@ -118,7 +202,7 @@ impl PoolSet {
         generation: u64,
         scrape: &ScrapeConfig,
         previous: Option<&PoolSet>,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, PoolError> {
         let mut routes = Vec::new();
         let mut view = AdminView::default();
         let mut pools = Vec::new();
@@ -137,7 +221,7 @@ impl PoolSet {
                     for rw in pool.rewrites {
                         ds.apply_rewrite(rw)?;
                     }
-                    let core = super::picker::pool(&pool.name, &ds, pool.scheduler, pool.flow, max_attempts())?;
+                    let core = self::pool(&pool.name, &ds, pool.scheduler, pool.flow, max_attempts())?;
                     Arc::new(PoolRuntime::new(fingerprint, ds, core, scrape))
                 }
             };
@@ -148,7 +232,7 @@ impl PoolSet {
                 "scheduler": pool.scheduler_source,
             }));
             view.pools.push(AdminPool { name: pool.name.clone(), datastore: rt.datastore.clone() });
-            view.metrics.extend(super::picker::metric_sources(&rt.pool));
+            view.metrics.extend(metric_sources(&rt.pool));
             routes.push(PoolRoute { name: pool.name, pool: rt.pool.clone(), models: pool.models });
             pools.push(rt);
         }
@@ -160,7 +244,7 @@ impl PoolSet {
     /// embedded simulated pool).
     pub fn single(name: &str, datastore: Arc<Datastore>, pool: Arc<Pool>, scrape: &ScrapeConfig) -> Self {
         let rt = Arc::new(PoolRuntime::new(String::new(), datastore.clone(), pool.clone(), scrape));
-        let metrics = super::picker::metric_sources(&pool);
+        let metrics = metric_sources(&pool);
         let view = AdminView { pools: vec![AdminPool { name: name.to_string(), datastore }], metrics };
         PoolSet {
             routes: Some(Routes::single(name, pool)),
@@ -320,12 +404,12 @@ impl Reloader {
         policy: &str,
         scrape: ScrapeConfig,
         gateway_config: GatewayConfig,
-    ) -> anyhow::Result<Arc<Self>> {
+    ) -> Result<Arc<Self>, PoolError> {
         let seen = read_all(plan.files.iter().cloned());
         let listen = (plan.listen, plan.admin_listen);
         let mut pools = PoolSet::build(plan, 1, &scrape, None)?;
         pools.warm_and_start().await;
-        let routes = pools.take_routes().ok_or_else(|| anyhow::anyhow!("routes already taken"))?;
+        let routes = pools.take_routes().ok_or(PoolError::RoutesTaken)?;
         let (tx, _) = watch::channel(ReloadEvent { attempts: 1, generation: 1, error: None, kept: 0 });
         let state = Arc::new(ConfigState {
             file: file.clone(),
@@ -357,7 +441,6 @@ impl Reloader {
     }
 
     /// Load outcomes, as they happen.
-    #[cfg(test)]
     pub fn subscribe(&self) -> watch::Receiver<ReloadEvent> {
         self.state.tx.subscribe()
     }
@@ -388,15 +471,16 @@ impl Reloader {
     async fn reload_locked(&self, cur: &mut Current) {
         let prev = self.state.tx.borrow().clone();
         let attempts = prev.attempts + 1;
-        let built = gateway_config::load(&self.file, &self.policy).and_then(|plan| {
+        let built = config::load(&self.file, &self.policy).map_err(|e| e.to_string()).and_then(|plan| {
             let files = plan.files.clone();
             let listen = (plan.listen, plan.admin_listen);
-            Ok((PoolSet::build(plan, prev.generation + 1, &self.scrape, cur.pools.as_ref())?, files, listen))
+            let pools = PoolSet::build(plan, prev.generation + 1, &self.scrape, cur.pools.as_ref())
+                .map_err(|e| e.to_string())?;
+            Ok((pools, files, listen))
         });
         let (mut pools, files, listen) = match built {
             Ok(x) => x,
-            Err(e) => {
-                let msg = format!("{e:#}");
+            Err(msg) => {
                 tracing::error!(error = %msg, "configuration not reloaded; the previous configuration stays in force");
                 self.state.failures.fetch_add(1, Ordering::Relaxed);
                 self.state.tx.send_replace(ReloadEvent {
