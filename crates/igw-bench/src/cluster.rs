@@ -46,13 +46,33 @@ pub enum Arrived {
     Rejected,
 }
 
+/// What became of an arrival: its own outcome, and the requests the arrival's dispatch cycle
+/// settled besides it (flow control's fast path runs one cycle per enqueue, as the live gate
+/// does), in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArrivalOutcome {
+    /// The arriving request.
+    pub own: Arrived,
+    /// Other requests released (with their endpoint) or refused (`None`) in the same cycle.
+    pub settled: Vec<(u32, Option<usize>)>,
+}
+
+impl From<Arrived> for ArrivalOutcome {
+    fn from(own: Arrived) -> Self {
+        ArrivalOutcome { own, settled: Vec::new() }
+    }
+}
+
 /// The gateway side of the simulation: how a request reaches igw's request core, where it is
 /// routed, and how it ends. [`CoreFront`] calls the core directly; a test can put a live driver
 /// here (the ext_proc stream state machine) and check that it routes every request the same way.
 /// All calls happen at virtual time `now`, in event order.
 pub trait Front {
-    /// Request `id` arrives with `headers` and an OpenAI `/v1/completions` `body`.
-    fn arrive(&mut self, id: u32, headers: &[(&str, &str)], body: Bytes, now: Instant) -> Arrived;
+    /// Request `id` arrives with `headers` and an OpenAI `/v1/completions` `body`. With flow
+    /// control the request is enqueued and one dispatch cycle runs at once (the live gate's fast
+    /// path): the arriving request is decided first if it is released, then the others the cycle
+    /// released, in order.
+    fn arrive(&mut self, id: u32, headers: &[(&str, &str)], body: Bytes, now: Instant) -> ArrivalOutcome;
     /// One flow control dispatch cycle: each released request with the endpoint it was routed to,
     /// each refused one (its TTL ran out, or it could not be routed) with `None`, in order.
     fn cycle(&mut self, now: Instant) -> Vec<(u32, Option<usize>)>;
@@ -91,35 +111,14 @@ impl CoreFront {
         }
     }
 
-    fn route(&mut self, id: u32, mut request: Request, prepared: &PreparedRequest, now: Instant) -> Option<usize> {
-        let endpoint = request.decide(prepared, None, now).ok()?[0].clone();
-        request.attempt(&endpoint, now);
-        self.running.insert(id, request);
-        Some(endpoint.id().0 as usize)
-    }
-}
-
-impl Front for CoreFront {
-    fn arrive(&mut self, id: u32, headers: &[(&str, &str)], body: Bytes, now: Instant) -> Arrived {
-        let head = self.core.head(Some(COMPLETIONS), headers.iter().copied());
-        let Ok(Prepared::Inference(prepared)) = self.core.prepare(head, Some(body), None) else {
-            return Arrived::Rejected;
-        };
-        match self.core.admit(&prepared, now) {
-            Ok(Admission::Admitted(r)) => self.route(id, r, &prepared, now).map_or(Arrived::Rejected, Arrived::Routed),
-            Ok(Admission::Queued(q)) => {
-                self.prepared.insert(id, *prepared);
-                self.queued.insert(q, id);
-                self.queue_of.insert(id, q);
-                Arrived::Queued
-            }
-            Err(_) => Arrived::Rejected,
-        }
-    }
-
-    fn cycle(&mut self, now: Instant) -> Vec<(u32, Option<usize>)> {
-        let mut out = Vec::new();
-        for (q, result) in self.core.dispatch_cycle(now) {
+    /// Routes what a dispatch cycle released (in order) and reports what it refused.
+    fn settle(
+        &mut self,
+        cycle: Vec<(QueueId, Result<Request, igw_request::RequestError>)>,
+        now: Instant,
+    ) -> Vec<(u32, Option<usize>)> {
+        let mut out = Vec::with_capacity(cycle.len());
+        for (q, result) in cycle {
             let Some(id) = self.queued.remove(&q) else { continue };
             self.queue_of.remove(&id);
             let prepared = self.prepared.remove(&id);
@@ -130,6 +129,48 @@ impl Front for CoreFront {
             out.push((id, routed));
         }
         out
+    }
+
+    fn route(&mut self, id: u32, mut request: Request, prepared: &PreparedRequest, now: Instant) -> Option<usize> {
+        let endpoint = request.decide(prepared, None, now).ok()?[0].clone();
+        request.attempt(&endpoint, now);
+        self.running.insert(id, request);
+        Some(endpoint.id().0 as usize)
+    }
+}
+
+impl Front for CoreFront {
+    fn arrive(&mut self, id: u32, headers: &[(&str, &str)], body: Bytes, now: Instant) -> ArrivalOutcome {
+        let head = self.core.head(Some(COMPLETIONS), headers.iter().copied());
+        let Ok(Prepared::Inference(prepared)) = self.core.prepare(head, Some(body), None) else {
+            return Arrived::Rejected.into();
+        };
+        match self.core.admit(&prepared, now) {
+            Ok(Admission::Admitted(r)) => {
+                self.route(id, r, &prepared, now).map_or(Arrived::Rejected, Arrived::Routed).into()
+            }
+            Ok(Admission::Queued(q)) => {
+                // The fast path: one cycle now; the arriving request, if released, goes first.
+                let mut cycle = self.core.dispatch_cycle(now);
+                let own = match cycle.iter().position(|(x, _)| *x == q).map(|i| cycle.remove(i).1) {
+                    Some(Ok(r)) => self.route(id, r, &prepared, now).map_or(Arrived::Rejected, Arrived::Routed),
+                    Some(Err(_)) => Arrived::Rejected,
+                    None => {
+                        self.prepared.insert(id, *prepared);
+                        self.queued.insert(q, id);
+                        self.queue_of.insert(id, q);
+                        Arrived::Queued
+                    }
+                };
+                ArrivalOutcome { own, settled: self.settle(cycle, now) }
+            }
+            Err(_) => Arrived::Rejected.into(),
+        }
+    }
+
+    fn cycle(&mut self, now: Instant) -> Vec<(u32, Option<usize>)> {
+        let cycle = self.core.dispatch_cycle(now);
+        self.settle(cycle, now)
     }
 
     fn queued(&self) -> usize {
@@ -322,15 +363,16 @@ impl<F: Front> Sim<'_, F> {
                 ("x-gateway-inference-fairness-id", class.fairness_id.as_deref().unwrap_or(&class.name)),
             ]
         };
-        match self.front.arrive(id, &headers, Bytes::from(body), Instant::from_secs_f64(now)) {
+        let arrival = self.front.arrive(id, &headers, Bytes::from(body), Instant::from_secs_f64(now));
+        match arrival.own {
             Arrived::Routed(e) => self.route(id, e, &text, now),
             Arrived::Queued => {
                 self.set_state(id, State::Queued);
-                self.dispatch(now);
                 self.arm_expiry();
             }
             Arrived::Rejected => self.reject(id, now),
         }
+        self.settled(arrival.settled, now);
     }
 
     fn arm_expiry(&mut self) {
@@ -353,7 +395,14 @@ impl<F: Front> Sim<'_, F> {
         if self.front.queued() == 0 {
             return;
         }
-        for (id, routed) in self.front.cycle(t) {
+        let settled = self.front.cycle(t);
+        self.settled(settled, now);
+    }
+
+    /// Requests a dispatch cycle settled: each released one goes to its endpoint, each refused
+    /// one is rejected.
+    fn settled(&mut self, settled: Vec<(u32, Option<usize>)>, now: f64) {
+        for (id, routed) in settled {
             if self.reqs[id as usize].state != State::Queued {
                 continue;
             }
@@ -535,7 +584,7 @@ pub fn run_point_with(
     qps: f64,
     capacity_qps: f64,
 ) -> Result<PointResult, BenchError> {
-    run_point_through(sc, generator, policy, qps, capacity_qps, CoreFront::new)
+    run_point_through(sc, generator, policy, qps, capacity_qps, |core| CoreFront::new(Arc::new(core)))
 }
 
 /// The pool's request core a point runs on: `policy`'s scheduler (and flow control) over a
@@ -560,15 +609,16 @@ pub fn point_core(sc: &Scenario, policy: Policy, endpoints: usize) -> Result<Poo
     Ok(core)
 }
 
-/// [`run_point_with`] with the gateway side built by `front` over the point's core
-/// ([`point_core`]): [`CoreFront`] for the simulator's own, a live driver in tests.
+/// [`run_point_with`] with the gateway side built by `front` from the point's core
+/// ([`point_core`]; the front may add hooks before sharing it): [`CoreFront`] for the
+/// simulator's own, a live driver in tests.
 pub fn run_point_through<F: Front>(
     sc: &Scenario,
     generator: &Generator,
     policy: Policy,
     qps: f64,
     capacity_qps: f64,
-    front: impl FnOnce(Arc<PoolCore>) -> F,
+    front: impl FnOnce(PoolCore) -> F,
 ) -> Result<PointResult, BenchError> {
     let policy_name = policy.name.clone();
     let policy_name = policy_name.as_str();
@@ -584,7 +634,7 @@ pub fn run_point_through<F: Front>(
         engines.push(Engine::new(cfg)?);
     }
     let flow_control = policy.flow.is_some();
-    let core = Arc::new(point_core(sc, policy, engines.len())?);
+    let core = point_core(sc, policy, engines.len())?;
     let endpoints = core.datastore().snapshot().endpoints.clone();
     let classes = sc.classes();
     let reqs: Vec<Req> = point_arrivals(sc, generator, qps)

@@ -19,10 +19,11 @@ use arc_swap::ArcSwap;
 use crate::body::{ObservedBody, Outcome, ResponseObserver};
 use crate::openai_error::error_response;
 use crate::routes::{RouteMatch, Routes};
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{Transport, Upstream, UpstreamError};
 
-/// The body of every response the gateway sends.
-pub type ProxyBody = Either<Full<Bytes>, ObservedBody<Incoming>>;
+/// The body of every response the gateway sends: its own (errors, `/v1/models`) or a replica's,
+/// observed as it streams.
+pub type ProxyBody<B = Incoming> = Either<Full<Bytes>, ObservedBody<B>>;
 
 /// Response header naming the replica that served the request.
 pub const SERVED_HEADER: &str = headers::DESTINATION_ENDPOINT_SERVED;
@@ -53,19 +54,19 @@ impl Default for GatewayConfig {
 /// It routes over a [`Routes`] table (one [`Pool`] per pool) that [`Gateway::set_routes`] replaces
 /// atomically: a request loads the table once and finishes on it, so a reload never drops or
 /// re-routes a request already in flight.
-pub struct Gateway {
+pub struct Gateway<T: Transport = Upstream> {
     routes: ArcSwap<Routes>,
-    upstream: Upstream,
+    upstream: T,
     config: GatewayConfig,
 }
 
-impl std::fmt::Debug for Gateway {
+impl<T: Transport> std::fmt::Debug for Gateway<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gateway").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
-fn err_response(e: &RequestError) -> Response<ProxyBody> {
+fn err_response<B>(e: &RequestError) -> Response<ProxyBody<B>> {
     let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let resp: Response<Full<Bytes>> = error_response(status, &e.message);
     resp.map(Either::Left)
@@ -80,13 +81,13 @@ pub fn is_inference_path(method: &Method, path: &str) -> bool {
         )
 }
 
-fn json_response(body: &serde_json::Value) -> Response<ProxyBody> {
+fn json_response<B>(body: &serde_json::Value) -> Response<ProxyBody<B>> {
     let mut resp = Response::new(Either::Left(Full::new(Bytes::from(body.to_string()))));
     resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
-fn unknown_model(model: &str) -> Response<ProxyBody> {
+fn unknown_model<B>(model: &str) -> Response<ProxyBody<B>> {
     let msg = format!("The model `{model}` does not exist or is not served by this gateway.");
     let resp: Response<Full<Bytes>> = error_response(StatusCode::NOT_FOUND, &msg);
     resp.map(Either::Left)
@@ -100,7 +101,14 @@ impl Gateway {
 
     /// A gateway routing over several pools.
     pub fn with_routes(routes: Routes, config: GatewayConfig) -> Self {
-        Gateway { routes: ArcSwap::from_pointee(routes), upstream: Upstream::new(), config }
+        Self::with_transport(routes, config, Upstream::new())
+    }
+}
+
+impl<T: Transport> Gateway<T> {
+    /// A gateway routing over `routes` and reaching the replicas through `transport`.
+    pub fn with_transport(routes: Routes, config: GatewayConfig, transport: T) -> Self {
+        Gateway { routes: ArcSwap::from_pointee(routes), upstream: transport, config }
     }
 
     /// The default pool.
@@ -120,7 +128,11 @@ impl Gateway {
     }
 
     /// Handles one client request. Never fails: errors become OpenAI-style JSON responses.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Result<Response<ProxyBody<T::Body>>, Infallible>
+    where
+        B: http_body::Body,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let (parts, body) = req.into_parts();
         let body = match Limited::new(body, self.config.max_body_bytes).collect().await {
             Ok(b) => b.to_bytes(),
@@ -213,11 +225,11 @@ impl Gateway {
 
     fn stream_back(
         pool: &Arc<Pool>,
-        resp: Response<Incoming>,
+        resp: Response<T::Body>,
         prepared: &PreparedRequest,
         request: CoreRequest,
         endpoint: Arc<Endpoint>,
-    ) -> Response<ProxyBody> {
+    ) -> Response<ProxyBody<T::Body>> {
         let (mut parts, body) = resp.into_parts();
         let mut tracker = prepared.response_tracker();
         tracker.set_status(parts.status.as_u16());
@@ -241,7 +253,12 @@ impl Gateway {
 
     /// Forwards a request that is not scheduled (other paths, body-less requests) to a random
     /// endpoint.
-    async fn passthrough(&self, pool: &Arc<Pool>, parts: http::request::Parts, body: Bytes) -> Response<ProxyBody> {
+    async fn passthrough(
+        &self,
+        pool: &Arc<Pool>,
+        parts: http::request::Parts,
+        body: Bytes,
+    ) -> Response<ProxyBody<T::Body>> {
         let endpoint = match pool.core().pick_any() {
             Ok(e) => e,
             Err(e) => return err_response(&RequestError::service_unavailable(e.message)),

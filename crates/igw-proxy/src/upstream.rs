@@ -1,5 +1,8 @@
-//! The pooled HTTP client that carries requests to model servers.
+//! The pooled HTTP client that carries requests to model servers, behind the [`Transport`] port
+//! the gateway sends through (so the same request path runs over an in-process model server in
+//! tests and in virtual time).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -34,6 +37,44 @@ pub enum UpstreamError {
     /// The request could not be built (bad path or header).
     #[error("cannot build upstream request: {0}")]
     Build(#[from] http::Error),
+    /// The replica refused the request before answering (a transport other than HTTP).
+    #[error("upstream {addr} refused the request: {reason}")]
+    Refused {
+        /// The replica.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// How the gateway reaches a model server: one request out, the response head back (its body
+/// streams after). [`Upstream`] is the HTTP/1.1 client; tests plug in other transports.
+pub trait Transport: Send + Sync + 'static {
+    /// The response body type.
+    type Body: http_body::Body<Data = Bytes> + Send + Unpin + 'static;
+
+    /// Sends `parts` + `body` to `addr`, waiting at most `head_timeout` for the response head.
+    fn send(
+        &self,
+        addr: SocketAddr,
+        parts: http::request::Parts,
+        body: Bytes,
+        head_timeout: Duration,
+    ) -> impl Future<Output = Result<Response<Self::Body>, UpstreamError>> + Send;
+}
+
+impl Transport for Upstream {
+    type Body = Incoming;
+
+    fn send(
+        &self,
+        addr: SocketAddr,
+        parts: http::request::Parts,
+        body: Bytes,
+        head_timeout: Duration,
+    ) -> impl Future<Output = Result<Response<Incoming>, UpstreamError>> + Send {
+        Upstream::send(self, addr, parts, body, head_timeout)
+    }
 }
 
 /// A keep-alive connection pool to model servers (HTTP/1.1, TCP_NODELAY).

@@ -62,6 +62,14 @@ pub trait Hooks: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The request waits in flow control under `id` (it leaves through a dispatch cycle, a
+    /// cancellation or the drain).
+    fn queued(&self, _prepared: &PreparedRequest, _id: QueueId) {}
+
+    /// The request waiting under `id` left its queue in a dispatch cycle: released (`true`) or
+    /// refused (`false`, its TTL ran out). Called in the order the cycle settles them.
+    fn dequeued(&self, _id: QueueId, _released: bool) {}
+
     /// The request was sent to `endpoint`, whose cache now holds the prompt's blocks
     /// `prefix_hashes` (the routing state a shared index would publish).
     fn routed(&self, _endpoint: &Arc<Endpoint>, _prefix_hashes: &[u64]) {}
@@ -426,6 +434,10 @@ impl PoolCore {
         self.flow_metrics.queue_size.add(l.clone(), 1.0);
         self.flow_metrics.queue_bytes.add(l, bytes as f64);
         st.queued.insert(id, Queued { ctx, bytes });
+        drop(st);
+        if let Some(h) = &self.hooks {
+            h.queued(prepared, id);
+        }
         Ok(Admission::Queued(id))
     }
 
@@ -476,10 +488,15 @@ impl PoolCore {
             }
         }
         drop(st);
-        let out = settled
+        let out: Vec<_> = settled
             .into_iter()
             .filter_map(|(id, q, outcome, d)| Some((id, self.settle(q, outcome, d, now)?)))
             .collect();
+        if let Some(h) = &self.hooks {
+            for (id, r) in &out {
+                h.dequeued(*id, r.is_ok());
+            }
+        }
         if let Some(secs) = self.elapsed_since(t0) {
             self.flow_metrics.dispatch_cycle.observe(Vec::new(), secs);
         }

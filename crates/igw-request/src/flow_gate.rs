@@ -113,18 +113,25 @@ impl FlowGate {
 
     /// One dispatch cycle at the clock's now; returns how many requests were released.
     pub fn cycle(&self) -> usize {
+        self.cycle_settled().iter().filter(|(_, released)| *released).count()
+    }
+
+    /// One dispatch cycle at the clock's now: every request that left its queue, in the order the
+    /// cycle settled them, and whether it was released (`false`: refused, e.g. its TTL ran out).
+    /// Each waiter has been answered when this returns.
+    pub fn cycle_settled(&self) -> Vec<(QueueId, bool)> {
         let now: Instant = self.clock.now();
         let mut waiters = self.waiters.lock();
         let out = self.core.dispatch_cycle(now);
-        let mut released = 0;
+        let mut settled = Vec::with_capacity(out.len());
         for (id, result) in out {
-            released += usize::from(result.is_ok());
+            settled.push((id, result.is_ok()));
             if let Some(tx) = waiters.remove(&id) {
                 // A waiter that went away drops the request, which releases it.
                 let _ = tx.send(result);
             }
         }
-        released
+        settled
     }
 
     /// Wakes the dispatcher (a request ended; the core does this by itself).
