@@ -13,6 +13,8 @@ mod raster;
 mod svg;
 mod ticks;
 
+use std::path::{Path, PathBuf};
+
 use crate::BenchError;
 
 /// One policy's values, one per x category (`None`: no bar).
@@ -87,6 +89,36 @@ impl Chart {
         Chart::three_panel(&title, &rows)
     }
 
+    /// The three-panel chart of an `igw bench run` report: its steps as one series named `label`
+    /// (the policy or gateway measured); latencies of a step where nothing completed are left out.
+    pub fn from_run(r: &crate::load::run::RunReport, label: &str) -> Chart {
+        let rows: Vec<ThreePanelRow<'_>> = r
+            .steps
+            .iter()
+            .map(|t| {
+                let lat = |v: f64| if t.completed == 0 { f64::NAN } else { v };
+                (label, t.qps, t.output_tokens_per_min, lat(t.p90_tpot_ms), lat(t.p90_e2e_ms))
+            })
+            .collect();
+        Chart::three_panel(&format!("igw bench run · {}", r.url), &rows)
+    }
+
+    /// The three-panel chart of an `igw bench compare` report, one bar colour per contender
+    /// (latencies in model time; those of a step where nothing completed are left out).
+    pub fn from_compare(r: &crate::compare::CompareReport) -> Chart {
+        let rows: Vec<ThreePanelRow<'_>> = r
+            .rows
+            .iter()
+            .map(|row| {
+                let t = &row.step;
+                let lat = |v: f64| if t.completed == 0 { f64::NAN } else { v };
+                (row.contender.as_str(), t.qps, t.output_tokens_per_min, lat(t.p90_tpot_ms), lat(t.p90_e2e_ms))
+            })
+            .collect();
+        let title = format!("igw bench compare · {} · {} replicas · model time", r.scenario, r.replicas);
+        Chart::three_panel(&title, &rows)
+    }
+
     /// The three-panel chart from generic rows (the real-time runner's steps, say): x = the
     /// rows' QPS (sorted, deduplicated, non-finite ones dropped), one series per policy in
     /// first-seen order; a later row for the same (policy, QPS) replaces an earlier one.
@@ -156,6 +188,23 @@ impl Chart {
     /// The same layout as an 8-bit RGB PNG, drawn by this crate's rasteriser and bitmap font.
     pub fn png(&self) -> Result<Vec<u8>, BenchError> {
         raster::png(&layout::layout(self))
+    }
+
+    /// Writes the chart to `PREFIX.svg` and `PREFIX.png` (the extensions appended to `prefix`)
+    /// and returns the two paths.
+    pub fn write(&self, prefix: &Path) -> Result<[PathBuf; 2], BenchError> {
+        let with_ext = |ext: &str| {
+            let mut p = prefix.as_os_str().to_owned();
+            p.push(ext);
+            PathBuf::from(p)
+        };
+        let (svg, png) = (with_ext(".svg"), with_ext(".png"));
+        let write = |path: &Path, bytes: &[u8]| {
+            std::fs::write(path, bytes).map_err(|e| BenchError::io(format!("writing {}", path.display()), e))
+        };
+        write(&svg, self.svg().as_bytes())?;
+        write(&png, &self.png()?)?;
+        Ok([svg, png])
     }
 }
 
@@ -291,6 +340,63 @@ mod tests {
         // The background is white and the text is drawn.
         assert_eq!(&px[..3], [255, 255, 255]);
         assert!(px.chunks(3).any(|p| p == layout::TEXT));
+    }
+
+    #[test]
+    fn write_puts_an_svg_and_a_png_beside_the_prefix() {
+        let dir = std::env::temp_dir().join(format!("igw-bench-chart-write-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let [svg, png] = Chart::from_report(&report()).write(&dir.join("c.v1")).unwrap();
+        let names = (svg.file_name().unwrap().to_str().unwrap(), png.file_name().unwrap().to_str().unwrap());
+        assert_eq!(names, ("c.v1.svg", "c.v1.png"), "the extensions are appended, not replaced");
+        assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
+        assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+        let e = Chart::from_report(&report()).write(&dir.join("missing/c")).unwrap_err();
+        assert_eq!(e.to_string(), format!("writing {}", dir.join("missing/c.svg").display()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn run_and_compare_reports_chart_one_series_per_label_or_contender() {
+        use crate::load::http::StepReport;
+        let step = |qps: f64, completed: u64| StepReport {
+            qps,
+            completed,
+            output_tokens_per_min: 100.0 * qps,
+            p90_tpot_ms: 5.0,
+            p90_e2e_ms: 500.0,
+            ..Default::default()
+        };
+        let run = crate::load::run::RunReport {
+            url: "http://gw".into(),
+            workload: "w".into(),
+            steps: vec![step(2.0, 10), step(1.0, 0)],
+        };
+        let c = Chart::from_run(&run, "igw");
+        assert_eq!(c.title, "igw bench run · http://gw");
+        assert_eq!(c.categories, ["1", "2"]);
+        assert_eq!(c.panels[0].series[0].values, [Some(100.0), Some(200.0)]);
+        assert!(c.panels[1].series[0].values[0].unwrap().is_nan(), "nothing completed at 1 QPS");
+        let row = |contender: &str, qps: f64| crate::compare::CompareRow {
+            contender: contender.into(),
+            step: step(qps, 5),
+            des: None,
+        };
+        let compare = crate::compare::CompareReport {
+            scenario: "shared-prefix".into(),
+            workload: "w".into(),
+            replicas: 2,
+            time_scale: 0.2,
+            capacity_qps: 20.0,
+            rows: vec![row("igw", 10.0), row("envoy-round-robin", 10.0)],
+            skipped: Vec::new(),
+            validation: Vec::new(),
+            tolerance: 0.25,
+        };
+        let c = Chart::from_compare(&compare);
+        assert_eq!(c.title, "igw bench compare · shared-prefix · 2 replicas · model time");
+        let names: Vec<&str> = c.panels[2].series.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["igw", "envoy-round-robin"]);
     }
 
     #[test]

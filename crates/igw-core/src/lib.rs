@@ -11,6 +11,7 @@ pub mod objective;
 pub mod request;
 pub mod stats;
 pub mod time;
+pub mod units;
 
 pub use datastore::{Datastore, Snapshot};
 pub use endpoint::{Endpoint, EndpointId, EndpointKey, EndpointMeta, InFlight, Labels};

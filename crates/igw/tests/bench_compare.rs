@@ -109,6 +109,39 @@ fn a_class_scenario_sends_every_class_as_the_des_draws_it() {
     let _ = std::fs::remove_dir_all(&logs);
 }
 
+#[test]
+fn an_igw_contender_is_configured_with_the_scenarios_objectives_and_flow() {
+    // igw-bench writes the file; igw-gateway (which igw-bench must not depend on) reads it.
+    use igw_bench::compare::serve_config;
+    use igw_bench::scenario::Scenario;
+    use std::time::Duration;
+    let sc = Scenario::builtin("priority-overload").unwrap();
+    let addrs = ["127.0.0.1:8001".to_string(), "127.0.0.1:8002".to_string()];
+    let text = serve_config(&addrs, "igw", true, &sc, 1.0);
+    let plan = igw_gateway::config::parse(&text, Path::new("c.yaml"), "random").unwrap();
+    assert_eq!(plan.pools[0].endpoints.len(), 2);
+    assert_eq!(plan.pools[0].scheduler_source, "policy igw with flowControl", "{text}");
+    assert_eq!(plan.pools[0].flow.as_ref().unwrap().default_ttl, Some(Duration::from_secs(30)));
+    let prios: Vec<(String, i32)> = plan.objectives.iter().map(|o| (o.id.name.clone(), o.priority)).collect();
+    assert_eq!(prios, [("critical".into(), 10), ("standard".into(), 0), ("sheddable".into(), -1)]);
+    let plain =
+        igw_gateway::config::parse(&serve_config(&addrs, "random", false, &sc, 1.0), Path::new("c.yaml"), "igw")
+            .unwrap();
+    assert!(plain.pools[0].flow.is_none() && plain.objectives.len() == 3);
+    // A scenario without classes declares no objectives.
+    let shared = Scenario::builtin("shared-prefix").unwrap();
+    assert!(!serve_config(&addrs, "igw", false, &shared, 1.0).contains("objectives"));
+    // At time_scale 2 the fleet runs at half speed, so 30 s of model time is 60 s on the wall.
+    let slow = serve_config(&addrs, "igw", true, &sc, 2.0);
+    assert!(slow.contains("defaultRequestTTL: 60000ms"), "{slow}");
+    // The example scenario with igw's batch holdback carries it into the gateway's config.
+    let holdback =
+        Scenario::from_yaml(include_str!("../../../examples/scenarios/priority-overload-holdback.yaml")).unwrap();
+    let text = serve_config(&addrs, "igw", true, &holdback, 1.0);
+    let plan = igw_gateway::config::parse(&text, Path::new("c.yaml"), "igw").unwrap();
+    assert_eq!(plan.pools[0].flow.as_ref().unwrap().batch_holdback, Some(65.0), "{text}");
+}
+
 /// Runs `igw bench compare` at 10 QPS (model time) for 1 s at time_scale 0.2 with `extra` flags;
 /// returns the JSON report and the whole stdout.
 fn compare(

@@ -1,5 +1,6 @@
 //! Kubernetes resource quantities (`1Gi`, `500M`, `5000`) and Go durations (`30s`, `500ms`, `1m`), the two
-//! scalar formats of the `flowControl` config section.
+//! scalar formats of the `flowControl` config section. Durations are parsed by
+//! [`igw_core::units::parse_go_duration`], shared with the command line.
 
 use std::fmt;
 use std::time::Duration;
@@ -30,10 +31,6 @@ pub enum ParseError {
 
 fn qerr(input: &str, reason: &'static str) -> ParseError {
     ParseError::Quantity { input: input.to_string(), reason }
-}
-
-fn derr(input: &str, reason: &'static str) -> ParseError {
-    ParseError::Duration { input: input.to_string(), reason }
 }
 
 /// Parses a Kubernetes quantity into a whole number, rounding a fractional result up (as
@@ -115,58 +112,12 @@ pub fn parse_quantity(s: &str) -> Result<u64, ParseError> {
 
 /// Parses a Go duration string (`time.ParseDuration`): a sequence of decimal numbers, each with a unit
 /// among `ns us µs ms s m h` (`1h30m`, `1.5s`, `500ms`), or a bare `0`. Negative durations are errors.
+///
+/// The grammar is [`igw_core::units::parse_go_duration`]'s (the one parser); this wrapper reports
+/// its error as [`ParseError::Duration`].
 pub fn parse_duration(s: &str) -> Result<Duration, ParseError> {
-    let t = s.trim();
-    let t = t.strip_prefix('+').unwrap_or(t);
-    if t.starts_with('-') {
-        return Err(derr(s, "negative"));
-    }
-    if t == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if t.is_empty() {
-        return Err(derr(s, "empty"));
-    }
-    let mut rest = t;
-    let mut total: u128 = 0;
-    while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-        let (num, after) = rest.split_at(num_len);
-        let (int_part, frac_part) = num.split_once('.').unwrap_or((num, ""));
-        if (int_part.is_empty() && frac_part.is_empty()) || frac_part.contains('.') {
-            return Err(derr(s, "expected a number"));
-        }
-        let unit_len = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
-        let (unit, next) = after.split_at(unit_len);
-        let nanos_per: u128 = match unit {
-            "ns" => 1,
-            "us" | "µs" | "μs" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            "" => return Err(derr(s, "missing unit")),
-            _ => return Err(derr(s, "unknown unit")),
-        };
-        if int_part.len() > 20 {
-            return Err(derr(s, "too large"));
-        }
-        let int: u128 = if int_part.is_empty() { 0 } else { int_part.parse().map_err(|_| derr(s, "bad number"))? };
-        let mut part = int.checked_mul(nanos_per).ok_or_else(|| derr(s, "too large"))?;
-        // Fractions are truncated to whole nanoseconds, as Go does.
-        let mut scale = nanos_per;
-        for b in frac_part.bytes() {
-            scale /= 10;
-            if scale == 0 {
-                break;
-            }
-            part += u128::from(b - b'0') * scale;
-        }
-        total = total.checked_add(part).ok_or_else(|| derr(s, "too large"))?;
-        rest = next;
-    }
-    let nanos = u64::try_from(total).map_err(|_| derr(s, "too large"))?;
-    Ok(Duration::from_nanos(nanos))
+    igw_core::units::parse_go_duration(s)
+        .map_err(|igw_core::units::DurationError { input, reason }| ParseError::Duration { input, reason })
 }
 
 /// A non-negative Kubernetes quantity, deserialized from a string (`"1Gi"`) or a plain integer.
@@ -265,6 +216,12 @@ mod tests {
         for bad in ["", "30", "-1s", "1x", "s", "1.2.3s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should fail");
         }
+        assert_eq!(
+            parse_duration("1x").unwrap_err(),
+            ParseError::Duration { input: "1x".into(), reason: "unknown unit" },
+            "igw-core's error, as this module's type"
+        );
+        assert_eq!(parse_duration("30").unwrap_err().to_string(), "invalid duration \"30\": missing unit");
     }
 
     proptest! {

@@ -8,14 +8,11 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{ArgAction, Args};
+use igw_core::units::parse_go_duration;
 use igw_core::{Datastore, EndpointMeta};
 use igw_extproc::{Health, Listeners, ServerConfig, StreamConfig, TlsConfig};
 use igw_gateway::admin::Admin;
 use igw_metrics::{EngineRegistry, ScrapeConfig, Scraper};
-
-fn parse_go_duration(s: &str) -> Result<Duration, String> {
-    igw_sched::flow::quantity::parse_duration(s).map_err(|e| e.to_string())
-}
 
 /// Flags of `igw epp` (names and defaults as upstream's EPP).
 #[derive(Args, Debug)]
@@ -80,7 +77,7 @@ pub struct EppArgs {
     #[arg(long)]
     pub config_text: Option<String>,
     /// Scheduling policy: igw (default), igw-wait, upstream-default, legacy-filter-tree, random,
-    /// round-robin, least-queue.
+    /// round-robin, least-queue, power-of-two, sglang-cache-aware.
     #[arg(long, default_value = "igw")]
     pub policy: String,
     /// Endpoints in the destination header (1 = upstream default; more for override_host).

@@ -2,10 +2,6 @@
 
 pub mod bbr;
 pub mod bench;
-pub mod bench_compare;
-pub mod bench_extproc;
-pub mod bench_run;
-pub mod bench_workload;
 pub mod crds;
 pub mod epp;
 pub mod manifests;

@@ -66,7 +66,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 50)]
     pub refresh_metrics_interval_ms: u64,
     /// Scheduling policy: igw (default), igw-wait, upstream-default, legacy-filter-tree, random,
-    /// round-robin, least-queue.
+    /// round-robin, least-queue, power-of-two, sglang-cache-aware.
     #[arg(long, default_value = "igw")]
     pub policy: String,
     /// Pool name reported in metrics.

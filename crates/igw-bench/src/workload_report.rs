@@ -3,30 +3,18 @@
 //! For ShareGPT: conversations parsed from the (truncated) file, those with two turns, the pairs
 //! kept by the 4..=1024 token filter, and which token counter was used (DeepSeek's
 //! `tokenizer.json` from `scripts/install-bench-data`, or the chars/4 fallback). For the synthetic
-//! workloads: the same statistics over `--samples` seeded draws.
+//! workloads: the same statistics over a number of seeded draws.
 
-use clap::Args;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use serde::Serialize;
 
-use igw_bench::sharegpt::LengthStats;
+use crate::BenchError;
+use crate::scenario::Scenario;
+use crate::sharegpt::{LengthStats, ShareGptStats};
+use crate::workload::WorkloadSpec;
 
-/// Flags of `igw bench workload`.
-#[derive(Args, Debug)]
-pub struct WorkloadArgs {
-    /// A built-in scenario whose workload is described.
-    #[arg(long, default_value = "blog")]
-    pub scenario: String,
-    /// Draws for the statistics of synthetic workloads (ShareGPT uses every kept pair).
-    #[arg(long, default_value_t = 100_000)]
-    pub samples: usize,
-    /// Print one JSON object as the last stdout line.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// What the command reports.
+/// What `igw bench workload` reports.
 #[derive(Debug, Serialize)]
 pub struct WorkloadReport {
     /// The scenario.
@@ -37,23 +25,24 @@ pub struct WorkloadReport {
     pub n: usize,
     /// ShareGPT only: conversations parsed, with two turns, kept, and the counter.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sharegpt: Option<igw_bench::sharegpt::ShareGptStats>,
+    pub sharegpt: Option<ShareGptStats>,
     /// Prompt tokens.
     pub input: LengthStats,
     /// Output tokens.
     pub output: LengthStats,
 }
 
-/// Computes the report.
-pub fn report(args: &WorkloadArgs) -> anyhow::Result<WorkloadReport> {
-    let sc = igw_bench::scenario::Scenario::builtin(&args.scenario)?;
+/// The report for the built-in `scenario`: every kept pair for ShareGPT, else `samples` (at
+/// least 1) draws of the scenario's generator with the workload's seed.
+pub fn report(scenario: &str, samples: usize) -> Result<WorkloadReport, BenchError> {
+    let sc = Scenario::builtin(scenario)?;
     let sharegpt = match &sc.workload {
-        igw_bench::workload::WorkloadSpec::Sharegpt { path, .. } => {
-            igw_bench::sharegpt::load_default(path.as_deref().map(std::path::Path::new))?
+        WorkloadSpec::Sharegpt { path, .. } => {
+            crate::sharegpt::load_default(path.as_deref().map(std::path::Path::new))?
         }
         _ => None,
     };
-    let generator = igw_bench::cluster::generator(&sc)?;
+    let generator = crate::cluster::generator(&sc)?;
     if let Some(l) = sharegpt {
         let s = l.stats();
         return Ok(WorkloadReport {
@@ -66,7 +55,7 @@ pub fn report(args: &WorkloadArgs) -> anyhow::Result<WorkloadReport> {
         });
     }
     let mut rng = SmallRng::seed_from_u64(sc.workload.seed());
-    let n = args.samples.max(1);
+    let n = samples.max(1);
     let (mut input, mut output): (Vec<u32>, Vec<u32>) = (0..n)
         .map(|_| {
             let r = generator.next(&mut rng);
@@ -102,16 +91,6 @@ pub fn markdown(r: &WorkloadReport) -> String {
     s
 }
 
-/// Runs `igw bench workload`.
-pub fn run(args: WorkloadArgs) -> anyhow::Result<()> {
-    let r = report(&args)?;
-    print!("{}", markdown(&r));
-    if args.json {
-        println!("{}", serde_json::to_string(&r)?);
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -119,8 +98,7 @@ mod tests {
 
     #[test]
     fn a_synthetic_workload_is_sampled() {
-        let args = WorkloadArgs { scenario: "shared-prefix".into(), samples: 1000, json: true };
-        let r = report(&args).unwrap();
+        let r = report("shared-prefix", 1000).unwrap();
         assert_eq!(r.n, 1000);
         assert!(r.sharegpt.is_none());
         // Shared-prefix requests all have the same lengths.
