@@ -146,13 +146,13 @@ impl PrefixIndex {
     /// recent (see [`MatchMode::Igw`]). Either way a hash already held is moved to the front, and a full
     /// LRU evicts its least recent hash, unlinking the endpoint from it.
     pub fn insert(&self, endpoint: EndpointId, hashes: &[u64], capacity_blocks: Option<u64>) {
-        self.insert_inner(endpoint, hashes, capacity_blocks, None);
+        self.insert_inner(endpoint, hashes, capacity_blocks, |_| {});
     }
 
     /// [`Self::insert`], appending to `added` the hashes `endpoint` did not hold before, so that
     /// [`Self::forget`] can take them back if the request never reached the endpoint.
     pub fn insert_new(&self, endpoint: EndpointId, hashes: &[u64], capacity_blocks: Option<u64>, added: &mut Vec<u64>) {
-        self.insert_inner(endpoint, hashes, capacity_blocks, Some(added));
+        self.insert_inner(endpoint, hashes, capacity_blocks, |h| added.push(h));
     }
 
     /// Takes back hashes recorded for `endpoint` by [`Self::insert_new`]: the request that was
@@ -177,12 +177,14 @@ impl PrefixIndex {
         }
     }
 
+    /// The insert, calling `on_new` for each hash `endpoint` did not hold before (monomorphized:
+    /// a plain insert pays nothing for it).
     fn insert_inner(
         &self,
         endpoint: EndpointId,
         hashes: &[u64],
         capacity_blocks: Option<u64>,
-        mut added: Option<&mut Vec<u64>>,
+        mut on_new: impl FnMut(u64),
     ) {
         if hashes.is_empty() {
             return;
@@ -195,10 +197,8 @@ impl PrefixIndex {
         let inner = &mut *guard;
         let lru = inner.lrus.entry(endpoint).or_insert_with(|| SlabLru::new(capacity));
         let mut put = |h: u64| {
-            if put_one(&mut inner.map, lru, &mut inner.entries, &mut inner.holder_heap, endpoint, h)
-                && let Some(a) = added.as_deref_mut()
-            {
-                a.push(h);
+            if put_one(&mut inner.map, lru, &mut inner.entries, &mut inner.holder_heap, endpoint, h) {
+                on_new(h);
             }
         };
         match self.cfg.mode {
