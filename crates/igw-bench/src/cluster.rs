@@ -304,9 +304,11 @@ impl<F: Front> Sim<'_, F> {
         self.heap.push(Reverse((ns(at), self.seq, ev)));
     }
 
-    /// Scrapes replica `i` as a live scrape does: its vLLM metrics page, parsed by igw-metrics.
+    /// Scrapes replica `i` as a live scrape does: its vLLM metrics page (without the latency
+    /// histograms, which the picker does not read), parsed by igw-metrics.
     fn scrape(&mut self, i: usize, now: f64) {
-        let page = igw_sim::metrics_text::render_vllm(&self.engines[i].snapshot(), &self.model, |t| t);
+        let page =
+            igw_sim::metrics_text::render_vllm_without_histograms(&self.engines[i].snapshot(), &self.model, |t| t);
         let previous = self.endpoints[i].metrics();
         let x = igw_metrics::extract_from_bytes(page.as_bytes(), &self.mapping, &previous, Instant::from_secs_f64(now));
         if x.is_fresh() {
