@@ -5,9 +5,11 @@
 //!   lengths via [`sharegpt`] with token counts from [`tokenizer`], shared-prefix groups,
 //!   multi-LoRA with Zipf popularity) and arrival processes (Poisson, constant).
 //! * [`scenario`]: scenarios as data (strict YAML) and the built-in ones.
-//! * [`policy`]: routing policies by name: igw's real schedulers (optionally behind the real flow
-//!   controller) and models of peer routers.
-//! * [`cluster`]: N simulated vLLM engines in virtual time, modelled metric scrapes, the router.
+//! * [`policy`]: routing policies by name: igw's scheduler policies (the peer models among them),
+//!   optionally behind flow control.
+//! * [`cluster`]: N simulated vLLM engines in virtual time driving igw's production request core
+//!   (real request bodies, scraped vLLM pages parsed by igw-metrics), through a pluggable
+//!   [`cluster::Front`].
 //! * [`report`]: per (policy, QPS) rows, the table and the JSON line.
 //! * [`flow_bench`]: flow-controller enqueue+dispatch throughput with a deep queue.
 //! * [`load`]: real-time load generators: open-loop OpenAI HTTP with client-side SSE timing

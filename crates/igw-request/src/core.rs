@@ -20,7 +20,7 @@
 //! into every call and randomness comes from the core's seeded source, so the same sequence of
 //! calls makes the same decisions on the wall clock and in virtual time.
 //!
-//! Saturation is computed in one place, [`UtilizationDetector::pool_view`], over the scheduler's
+//! Saturation is computed in one place, [`UtilizationDetector::pool_view`](igw_sched::detector::UtilizationDetector::pool_view), over the scheduler's
 //! detector: flow control's gate, legacy shedding and the simulator all use it.
 
 use std::collections::HashMap;

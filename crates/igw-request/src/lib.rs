@@ -1,20 +1,25 @@
-//! The request lifecycle pieces every igw adapter shares, sans-IO.
+//! igw's request core: the whole life of a request in one pool, sans-IO, and the pieces it is
+//! made of. The Envoy ext_proc driver (igw-extproc), the HTTP proxy driver (igw-proxy) and the
+//! discrete-event simulator (igw-bench) all drive [`PoolCore`]; what the simulator measures is what
+//! production runs (`crates/igw-bench/tests/same_decisions.rs` checks all three decide alike).
 //!
-//! The Envoy ext_proc server, the standalone HTTP proxy and the discrete-event simulator all call
-//! these functions; none of them performs I/O, reads a clock or owns a random source. Time and
-//! random draws are passed in, so the same code runs in production and in virtual time.
+//! Call order for one request (see [`core`] for the details):
 //!
-//! Call order for one request:
+//! 1. request headers → [`PoolCore::head`] (request id from the core's seeded draws, control
+//!    headers, API path); body chunks → [`BodyBuffer::push`];
+//! 2. end of body → [`PoolCore::prepare`]: parse once ([`parse_body`]), rewrite the model
+//!    ([`resolve_target_model`]), resolve the objective's priority, build the
+//!    [`igw_core::InferenceRequest`], the body to forward and the [`HeaderMutations`];
+//! 3. [`PoolCore::admit`] (hooks, flow control) → [`Request::decide`] (one snapshot, the primary
+//!    and ordered fallbacks) → [`Request::attempt`] per endpoint tried, [`Request::attempt_failed`]
+//!    when it was not served, [`Request::served_by`] when the gateway reports another endpoint;
+//! 4. response headers and body → [`ResponseTracker`] (usage, streaming, first token, model-server
+//!    errors), [`ModelNameRestorer`] (the client's model name written back), [`Request::first_byte`]
+//!    and [`Request::end`] with the summary. Dropping a [`Request`] ends it exactly once.
 //!
-//! 1. request headers → [`RequestHead::new`] (request id, control headers, API path);
-//! 2. body chunks → [`BodyBuffer::push`];
-//! 3. end of body → [`RequestHead::prepare`]: parse once ([`parse_body`]), rewrite the model
-//!    ([`resolve_target_model`]), resolve priority, build the [`igw_core::InferenceRequest`], the
-//!    body to forward and the [`HeaderMutations`]; a body-less request yields [`Prepared::NoBody`];
-//! 4. candidates ([`candidates`], honouring an [`EndpointSubset`]) → admission and scheduling (the
-//!    scheduler's job) → [`HeaderMutations::set_destination`];
-//! 5. response headers and body → [`ResponseTracker`] (usage, streaming, first token, model-server
-//!    errors) and [`ModelNameRestorer`] (the client's model name written back).
+//! Nothing in the core performs I/O, reads a clock or owns an unseeded random source: time is
+//! passed in and draws come from the core's seed. The async shell the live drivers hold is
+//! [`Pool`] with its [`FlowGate`] ([`flow_gate`]), the only module that uses tokio.
 //!
 //! Errors are [`RequestError`]s carrying upstream's codes and their HTTP mapping.
 
