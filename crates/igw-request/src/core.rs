@@ -370,16 +370,8 @@ impl PoolCore {
         self.timer.as_ref().map(|t| t.now())
     }
 
-    fn request(self: &Arc<Self>, ctx: Ctx) -> Request {
-        Request {
-            core: self.clone(),
-            ctx,
-            decision: None,
-            attempt: None,
-            running: false,
-            last_time: Instant::ZERO,
-            ended: false,
-        }
+    fn request(self: &Arc<Self>, ctx: Ctx, now: Instant) -> Request {
+        Request { core: self.clone(), ctx, decision: None, attempt: None, running: false, last_time: now, ended: false }
     }
 
     fn count_error(&self, model: &str, target: &str, e: &RequestError) {
@@ -396,9 +388,7 @@ impl PoolCore {
         }
         let ctx = Ctx::of(prepared, now);
         let Some(flow) = &self.flow else {
-            let mut r = self.request(ctx);
-            r.last_time = now;
-            return Ok(Admission::Admitted(r));
+            return Ok(Admission::Admitted(self.request(ctx, now)));
         };
         let t0 = self.timer_now();
         let mut st = flow.lock();
@@ -454,11 +444,6 @@ impl PoolCore {
     /// The VTC counter of a flow, if it exists (see [`FlowController::flow_counter`]).
     pub fn flow_counter(&self, fairness_id: &str, priority: Priority) -> Option<f64> {
         self.flow.as_ref().and_then(|f| f.lock().fc.flow_counter(fairness_id, priority))
-    }
-
-    /// Pool saturation at `now` as every admission decision sees it.
-    pub fn saturation(&self, now: Instant) -> f64 {
-        self.scheduler.detector().pool_view(&self.datastore.snapshot().endpoints, now).saturation(0)
     }
 
     /// One dispatch cycle at `now`: expires TTLs (503), then releases what the pool has room for,
@@ -580,9 +565,7 @@ impl PoolCore {
                 let mut ctx = q.ctx;
                 ctx.ticket =
                     Some(Ticket { fairness_id: d.fairness_id, priority: d.priority, charged: d.charged, queued_for });
-                let mut r = self.request(ctx);
-                r.last_time = now;
-                Some(Ok(r))
+                Some(Ok(self.request(ctx, now)))
             }
             (Outcome::EvictedTTL, _) => Some(Err(RequestError::service_unavailable(MSG_QUEUE_TTL))),
             (Outcome::EvictedContextCancelled, _) => None,
@@ -591,11 +574,10 @@ impl PoolCore {
     }
 }
 
-/// The routing attempt in progress: the endpoint charged with the request, and the prefix
-/// entries the attempt added there.
+/// The routing attempt in progress: its leg (the endpoint charged with the request), and the
+/// prefix entries the attempt added there.
 #[derive(Debug)]
 struct Attempt {
-    endpoint: Arc<Endpoint>,
     added: Vec<u64>,
     leg: Leg,
 }
@@ -620,7 +602,7 @@ impl std::fmt::Debug for Request {
             .field("model", &self.ctx.model)
             .field("target_model", &self.ctx.target_model)
             .field("endpoints", &self.endpoints().iter().map(|e| e.address()).collect::<Vec<_>>())
-            .field("attempt", &self.attempt.as_ref().map(|a| a.endpoint.address()))
+            .field("attempt", &self.attempt.as_ref().map(|a| a.leg.endpoint.address()))
             .finish_non_exhaustive()
     }
 }
@@ -638,7 +620,7 @@ impl Request {
 
     /// The endpoint the request is charged to (the attempt in progress).
     pub fn current(&self) -> Option<&Arc<Endpoint>> {
-        self.attempt.as_ref().map(|a| &a.endpoint)
+        self.attempt.as_ref().map(|a| &a.leg.endpoint)
     }
 
     /// The scheduler's decision, once made.
@@ -656,7 +638,7 @@ impl Request {
         now: Instant,
     ) -> Result<&[Arc<Endpoint>], RequestError> {
         self.last_time = now;
-        let core = self.core.clone();
+        let core = &*self.core;
         let snapshot = core.datastore.snapshot();
         let req = &prepared.request;
         let cands = candidates(&snapshot, subset)?;
@@ -760,7 +742,7 @@ impl Request {
             core.metrics.running_requests.add(vec![("model_name", self.ctx.model.clone())], 1.0);
         }
         let leg = Leg { endpoint: endpoint.clone(), sent: now, first_byte: None };
-        self.attempt = Some(Attempt { endpoint: endpoint.clone(), added, leg });
+        self.attempt = Some(Attempt { added, leg });
     }
 
     /// The attempt in progress failed before its endpoint served the request (refused or reset
@@ -770,9 +752,9 @@ impl Request {
     pub fn attempt_failed(&mut self, now: Instant) {
         self.last_time = now;
         let (Some(decision), Some(a)) = (&self.decision, self.attempt.take()) else { return };
-        self.core.scheduler.on_attempt_failed(decision, &a.endpoint, &a.added);
+        self.core.scheduler.on_attempt_failed(decision, &a.leg.endpoint, &a.added);
         if let Some(h) = &self.core.hooks {
-            h.unrouted(&a.endpoint, &a.added);
+            h.unrouted(&a.leg.endpoint, &a.added);
         }
     }
 
@@ -821,10 +803,10 @@ impl Request {
             return;
         }
         self.ended = true;
-        let core = self.core.clone();
+        let core = &*self.core;
         let m = &core.metrics;
         if let (Some(decision), Some(a)) = (&self.decision, &self.attempt) {
-            core.scheduler.on_finished(decision, &a.endpoint);
+            core.scheduler.on_finished(decision, &a.leg.endpoint);
         }
         if self.running {
             m.running_requests.add(vec![("model_name", self.ctx.model.clone())], -1.0);

@@ -134,11 +134,6 @@ impl FlowGate {
         settled
     }
 
-    /// Wakes the dispatcher (a request ended; the core does this by itself).
-    pub fn wake(&self) {
-        self.wake.notify_one();
-    }
-
     /// Runs dispatch cycles every `tick` and whenever a released request ends, until `shutdown`
     /// completes; then evicts everything still queued (503).
     pub async fn run(self: Arc<Self>, tick: Duration, shutdown: impl std::future::Future<Output = ()>) {
