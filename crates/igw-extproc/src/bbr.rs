@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
@@ -33,8 +33,9 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use futures::FutureExt;
-use igw_request::metrics::{HistogramFamily, SCHEDULER_BUCKETS, ValueFamily};
+use igw_request::metrics::{SCHEDULER_BUCKETS, counters, gauges, histograms, observe, render_registry};
 use igw_request::{BodyBuffer, DEFAULT_MAX_BODY_BYTES};
+use prometheus::{GaugeVec, Histogram, HistogramVec, IntCounter, IntCounterVec, Registry};
 use serde_json::Value;
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -187,54 +188,134 @@ impl BaseModels {
     }
 }
 
-/// BBR's metrics under upstream's names (subsystem `bbr`).
+/// BBR's metrics under upstream's names (subsystem `bbr`). A request updates handles resolved
+/// once per plugin: no label set is looked up or allocated per request.
 #[derive(Debug)]
 pub struct BbrMetrics {
+    registry: Registry,
     /// `bbr_info` {commit, build_ref} = 1.
-    pub info: ValueFamily,
+    pub info: GaugeVec,
     /// `bbr_success_total`: requests whose headers were set.
-    pub success: ValueFamily,
+    pub success: IntCounterVec,
     /// `bbr_body_field_not_found_total` {field}.
-    pub field_not_found: ValueFamily,
+    pub field_not_found: IntCounterVec,
     /// `bbr_body_field_empty_total` {field}.
-    pub field_empty: ValueFamily,
+    pub field_empty: IntCounterVec,
     /// `bbr_plugin_duration_seconds` {extension_point, plugin_type, plugin_name}.
-    pub plugin_duration: HistogramFamily,
+    pub plugin_duration: HistogramVec,
+    success_one: OnceLock<IntCounter>,
+    plugins: OnceLock<Vec<PluginSeries>>,
+}
+
+/// Why a body-field plugin set no header.
+enum Missing {
+    NotFound,
+    Empty,
+}
+
+/// The handles of one configured plugin.
+#[derive(Debug)]
+struct PluginSeries {
+    kind: &'static str,
+    name: String,
+    field: Option<String>,
+    duration: Histogram,
+    not_found: OnceLock<IntCounter>,
+    empty: OnceLock<IntCounter>,
+}
+
+impl PluginSeries {
+    fn new(m: &BbrMetrics, plugin: &BbrPlugin) -> Self {
+        let (kind, name) = plugin.type_and_name();
+        let field = match plugin {
+            BbrPlugin::BodyFieldToHeader { field, .. } => Some(field.clone()),
+            BbrPlugin::BaseModelToHeader { .. } => None,
+        };
+        PluginSeries {
+            kind,
+            name: name.to_string(),
+            field,
+            duration: m.plugin_duration.with_label_values(&["RequestProcessing", name, kind]),
+            not_found: OnceLock::new(),
+            empty: OnceLock::new(),
+        }
+    }
+
+    fn is_for(&self, plugin: &BbrPlugin) -> bool {
+        let (kind, name) = plugin.type_and_name();
+        let field = match plugin {
+            BbrPlugin::BodyFieldToHeader { field, .. } => Some(field.as_str()),
+            BbrPlugin::BaseModelToHeader { .. } => None,
+        };
+        self.kind == kind && self.name == name && self.field.as_deref() == field
+    }
 }
 
 impl Default for BbrMetrics {
     fn default() -> Self {
-        let info = ValueFamily::gauge("bbr_info", "General information of the current build of BBR.");
-        let commit = option_env!("IGW_GIT_COMMIT").unwrap_or("unknown").to_string();
-        info.set(vec![("build_ref", env!("CARGO_PKG_VERSION").to_string()), ("commit", commit)], 1.0);
-        BbrMetrics {
-            info,
-            success: ValueFamily::counter("bbr_success_total", "Count of successfully processed requests."),
-            field_not_found: ValueFamily::counter(
+        let r = Registry::new();
+        let m = BbrMetrics {
+            info: gauges(&r, "bbr_info", "General information of the current build of BBR.", &["build_ref", "commit"]),
+            success: counters(&r, "bbr_success_total", "Count of successfully processed requests.", &[]),
+            field_not_found: counters(
+                &r,
                 "bbr_body_field_not_found_total",
                 "Count of requests whose body lacked the configured field.",
+                &["field"],
             ),
-            field_empty: ValueFamily::counter(
+            field_empty: counters(
+                &r,
                 "bbr_body_field_empty_total",
                 "Count of requests whose body had the configured field empty.",
+                &["field"],
             ),
-            plugin_duration: HistogramFamily::new(
+            plugin_duration: histograms(
+                &r,
                 "bbr_plugin_duration_seconds",
                 "Plugin processing latency distribution in seconds.",
                 SCHEDULER_BUCKETS,
+                &["extension_point", "plugin_name", "plugin_type"],
             ),
-        }
+            registry: r,
+            success_one: OnceLock::new(),
+            plugins: OnceLock::new(),
+        };
+        let commit = option_env!("IGW_GIT_COMMIT").unwrap_or("unknown");
+        m.info.with_label_values(&[env!("CARGO_PKG_VERSION"), commit]).set(1.0);
+        m
     }
 }
 
 impl BbrMetrics {
-    /// Appends every family in the Prometheus text format.
+    /// Appends every family in the Prometheus text format 0.0.4.
     pub fn render(&self, out: &mut String) {
-        self.info.render(out);
-        self.success.render(out);
-        self.field_not_found.render(out);
-        self.field_empty.render(out);
-        self.plugin_duration.render(out);
+        render_registry(&self.registry, out);
+    }
+
+    fn succeeded(&self) {
+        self.success_one.get_or_init(|| self.success.with_label_values(&[] as &[&str])).inc();
+    }
+
+    /// Runs `record` with the handles of `plugins[i]`: resolved once for the plugin list the
+    /// metrics first saw (the server's), and for any other list as a one-off.
+    fn with_plugin(&self, plugins: &[BbrPlugin], i: usize, record: impl FnOnce(&PluginSeries, &Self)) {
+        let cached = self.plugins.get_or_init(|| plugins.iter().map(|p| PluginSeries::new(self, p)).collect());
+        match cached.get(i) {
+            Some(s) if s.is_for(&plugins[i]) => record(s, self),
+            _ => record(&PluginSeries::new(self, &plugins[i]), self),
+        }
+    }
+}
+
+impl PluginSeries {
+    fn field_not_found(&self, m: &BbrMetrics) {
+        let field = self.field.as_deref().unwrap_or_default();
+        self.not_found.get_or_init(|| m.field_not_found.with_label_values(&[field])).inc();
+    }
+
+    fn field_empty(&self, m: &BbrMetrics) {
+        let field = self.field.as_deref().unwrap_or_default();
+        self.empty.get_or_init(|| m.field_empty.with_label_values(&[field])).inc();
     }
 }
 
@@ -386,7 +467,7 @@ impl BbrStream {
                 return vec![immediate(400, &format!("inference error: BadRequest - {reason}"))];
             }
         };
-        self.config.metrics.success.add(Vec::new(), 1.0);
+        self.config.metrics.succeeded();
         self.phase = Phase::Response;
         let mut headers: Vec<_> = set.iter().map(|(k, v)| set_header(k, v)).collect();
         if self.duplex {
@@ -427,19 +508,21 @@ impl BbrStream {
         let json: Value = serde_json::from_slice(body).map_err(|e| format!("request body is not JSON: {e}"))?;
         let Value::Object(obj) = json else { return Err("request body is not a JSON object".into()) };
         let metrics = &self.config.metrics;
+        let plugins = &self.config.plugins;
         let mut set = Vec::new();
-        for plugin in &self.config.plugins {
+        for (i, plugin) in plugins.iter().enumerate() {
             let t0 = std::time::Instant::now();
+            let mut missing = None;
             match plugin {
                 BbrPlugin::BodyFieldToHeader { field, header, .. } => match obj.get(field) {
-                    None | Some(Value::Null) => metrics.field_not_found.add(vec![("field", field.clone())], 1.0),
+                    None | Some(Value::Null) => missing = Some(Missing::NotFound),
                     Some(v) => {
                         let text = match v {
                             Value::String(s) => s.clone(),
                             other => other.to_string(),
                         };
                         if text.is_empty() {
-                            metrics.field_empty.add(vec![("field", field.clone())], 1.0);
+                            missing = Some(Missing::Empty);
                         } else {
                             set.push((header.clone(), text));
                         }
@@ -450,15 +533,15 @@ impl BbrStream {
                     set.push((BASE_MODEL_NAME_HEADER.to_string(), self.config.base_models.base_of(model).to_string()));
                 }
             }
-            let (kind, name) = plugin.type_and_name();
-            metrics.plugin_duration.observe(
-                vec![
-                    ("extension_point", "RequestProcessing".into()),
-                    ("plugin_name", name.to_string()),
-                    ("plugin_type", kind.to_string()),
-                ],
-                t0.elapsed().as_secs_f64(),
-            );
+            let secs = t0.elapsed().as_secs_f64();
+            metrics.with_plugin(plugins, i, |series, m| {
+                match missing {
+                    Some(Missing::NotFound) => series.field_not_found(m),
+                    Some(Missing::Empty) => series.field_empty(m),
+                    None => {}
+                }
+                observe(&series.duration, secs);
+            });
         }
         Ok(set)
     }

@@ -42,7 +42,7 @@ use crate::error::{
     ErrorCode, MSG_NO_CANDIDATES, MSG_QUEUE_FULL, MSG_QUEUE_SHUTDOWN, MSG_QUEUE_TTL, MSG_SATURATED,
     MSG_SCHEDULE_FAILED, RequestError,
 };
-use crate::metrics::{FlowMetrics, RequestMetrics, model_labels};
+use crate::metrics::{FlowMetrics, PoolMetrics, RequestMetrics, Series, SeriesKey};
 use crate::parse::ParsedBody;
 use crate::request::{Prepared, PreparedRequest, RequestHead, candidates, pick_random_endpoint};
 use crate::subset::EndpointSubset;
@@ -149,29 +149,24 @@ pub enum Admission {
 /// The per-request context the core keeps from admission to the end.
 #[derive(Debug, Clone)]
 struct Ctx {
-    model: String,
-    target_model: String,
-    priority: Priority,
-    fairness_id: Arc<str>,
+    /// Its labels (model, target, priority, flow, rewrite) and the metric handles they resolve to.
+    series: Arc<Series>,
     body_bytes: usize,
-    rewrite_rule: Option<String>,
     admitted: Instant,
     ticket: Option<Ticket>,
 }
 
 impl Ctx {
-    fn of(prepared: &PreparedRequest, now: Instant) -> Self {
+    fn of(prepared: &PreparedRequest, metrics: &PoolMetrics, now: Instant) -> Self {
         let r = &prepared.request;
-        Ctx {
-            model: r.model.clone(),
-            target_model: r.target_model.clone(),
+        let series = metrics.series(SeriesKey {
+            model: &r.model,
+            target_model: &r.target_model,
             priority: r.priority,
-            fairness_id: Arc::from(r.fairness_id.as_str()),
-            body_bytes: prepared.body.len(),
-            rewrite_rule: prepared.rewrite.rule_name.clone(),
-            admitted: now,
-            ticket: None,
-        }
+            fairness_id: &r.fairness_id,
+            rewrite_rule: prepared.rewrite.rule_name.as_deref(),
+        });
+        Ctx { series, body_bytes: prepared.body.len(), admitted: now, ticket: None }
     }
 }
 
@@ -192,9 +187,8 @@ pub struct PoolCore {
     pool: String,
     datastore: Arc<Datastore>,
     scheduler: Arc<Scheduler>,
-    metrics: Arc<RequestMetrics>,
+    metrics: PoolMetrics,
     flow: Option<Mutex<FlowState>>,
-    flow_metrics: Arc<FlowMetrics>,
     rng: AtomicU64,
     max_endpoints: usize,
     timer: Option<Arc<dyn Clock>>,
@@ -226,13 +220,13 @@ impl PoolCore {
     /// `scheduler`; no flow control (sheddable requests are shed when the pool is saturated, as
     /// upstream without the flowControl feature), one endpoint per decision, seed 0.
     pub fn new(pool: impl Into<String>, datastore: Arc<Datastore>, scheduler: Arc<Scheduler>) -> Self {
+        let pool = pool.into();
         PoolCore {
-            pool: pool.into(),
+            metrics: PoolMetrics::new(&pool),
+            pool,
             datastore,
             scheduler,
-            metrics: Arc::new(RequestMetrics::new()),
             flow: None,
-            flow_metrics: Arc::new(FlowMetrics::default()),
             rng: AtomicU64::new(0),
             max_endpoints: 1,
             timer: None,
@@ -297,12 +291,12 @@ impl PoolCore {
 
     /// The request metrics it records.
     pub fn metrics(&self) -> &Arc<RequestMetrics> {
-        &self.metrics
+        &self.metrics.request
     }
 
     /// Flow control's metrics (empty families without flow control).
     pub fn flow_metrics(&self) -> &Arc<FlowMetrics> {
-        &self.flow_metrics
+        &self.metrics.flow
     }
 
     /// True when flow control is on.
@@ -374,19 +368,13 @@ impl PoolCore {
         Request { core: self.clone(), ctx, decision: None, attempt: None, running: false, last_time: now, ended: false }
     }
 
-    fn count_error(&self, model: &str, target: &str, e: &RequestError) {
-        let mut l = model_labels(model, target);
-        l.insert(0, ("error_code", e.code.as_str().to_string()));
-        self.metrics.request_error_total.add(l, 1.0);
-    }
-
     /// Admits `prepared` at `now`: the [`Hooks::before_admit`] hook, then flow control. Refusals
     /// carry upstream's codes (429 when a queue is full).
     pub fn admit(self: &Arc<Self>, prepared: &PreparedRequest, now: Instant) -> Result<Admission, RequestError> {
         if let Some(h) = &self.hooks {
             h.before_admit(prepared)?;
         }
-        let ctx = Ctx::of(prepared, now);
+        let ctx = Ctx::of(prepared, &self.metrics, now);
         let Some(flow) = &self.flow else {
             return Ok(Admission::Admitted(self.request(ctx, now)));
         };
@@ -397,32 +385,19 @@ impl PoolCore {
         let q = QueuedRequest::from_request(id, &prepared.request, now, st.fc.config().output_token_weight);
         let bytes = q.bytes;
         let result = st.fc.enqueue(q);
-        let outcome = match &result {
-            Ok(()) => "NotYetFinalized",
-            Err(r) => r.outcome().as_str(),
-        };
+        let outcome = result.as_ref().err().map(Rejected::outcome);
         if let Some(secs) = self.elapsed_since(t0) {
-            self.flow_metrics.enqueue_duration.observe(
-                vec![
-                    ("fairness_id", ctx.fairness_id.to_string()),
-                    ("outcome", outcome.to_string()),
-                    ("priority", ctx.priority.to_string()),
-                ],
-                secs,
-            );
+            ctx.series.enqueued(outcome, secs);
         }
         if let Err(rejected) = result {
             drop(st);
-            let l = self.outcome_labels(&ctx, rejected.outcome());
-            self.flow_metrics.queue_duration.observe(l, 0.0);
+            ctx.series.queue_settled(rejected.outcome(), 0.0);
             return Err(match rejected {
                 Rejected::DuplicateId(_) => RequestError::internal(rejected.to_string()),
                 _ => RequestError::resource_exhausted(format!("{MSG_QUEUE_FULL}: {rejected}")),
             });
         }
-        let l = self.queue_labels(&ctx);
-        self.flow_metrics.queue_size.add(l.clone(), 1.0);
-        self.flow_metrics.queue_bytes.add(l, bytes as f64);
+        ctx.series.queue_moved(bytes, 1.0);
         st.queued.insert(id, Queued { ctx, bytes });
         drop(st);
         if let Some(h) = &self.hooks {
@@ -454,7 +429,7 @@ impl PoolCore {
         let Some(flow) = &self.flow else { return Vec::new() };
         let t0 = self.timer_now();
         let view = self.scheduler.detector().pool_view(&self.datastore.snapshot().endpoints, now);
-        self.flow_metrics.pool_saturation.set(vec![("inference_pool", self.pool.clone())], view.saturation(0));
+        self.metrics.flow.saturation(view.saturation(0));
         let mut st = flow.lock();
         let mut settled: Vec<(QueueId, Queued, Outcome, Option<Dispatched>)> = Vec::new();
         for (id, outcome) in st.fc.expire(now) {
@@ -483,7 +458,7 @@ impl PoolCore {
             }
         }
         if let Some(secs) = self.elapsed_since(t0) {
-            self.flow_metrics.dispatch_cycle.observe(Vec::new(), secs);
+            self.metrics.flow.dispatch_cycle_latency(secs);
         }
         out
     }
@@ -521,33 +496,10 @@ impl PoolCore {
             .collect()
     }
 
-    fn queue_labels(&self, c: &Ctx) -> Vec<(&'static str, String)> {
-        vec![
-            ("fairness_id", c.fairness_id.to_string()),
-            ("inference_pool", self.pool.clone()),
-            ("model_name", c.model.clone()),
-            ("priority", c.priority.to_string()),
-            ("target_model_name", c.target_model.clone()),
-        ]
-    }
-
-    fn outcome_labels(&self, c: &Ctx, outcome: Outcome) -> Vec<(&'static str, String)> {
-        vec![
-            ("fairness_id", c.fairness_id.to_string()),
-            ("inference_pool", self.pool.clone()),
-            ("model_name", c.model.clone()),
-            ("outcome", outcome.as_str().to_string()),
-            ("priority", c.priority.to_string()),
-            ("target_model_name", c.target_model.clone()),
-        ]
-    }
-
     fn settle_metrics(&self, q: &Queued, outcome: Outcome, d: Option<&Dispatched>, now: Instant) -> Duration {
-        let l = self.queue_labels(&q.ctx);
-        self.flow_metrics.queue_size.add(l.clone(), -1.0);
-        self.flow_metrics.queue_bytes.add(l, -(q.bytes as f64));
+        q.ctx.series.queue_moved(q.bytes, -1.0);
         let queued_for = d.map_or_else(|| now.saturating_duration_since(q.ctx.admitted), |d| d.queued_for);
-        self.flow_metrics.queue_duration.observe(self.outcome_labels(&q.ctx, outcome), queued_for.as_secs_f64());
+        q.ctx.series.queue_settled(outcome, queued_for.as_secs_f64());
         queued_for
     }
 
@@ -599,8 +551,8 @@ pub struct Request {
 impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Request")
-            .field("model", &self.ctx.model)
-            .field("target_model", &self.ctx.target_model)
+            .field("model", &self.ctx.series.model())
+            .field("target_model", &self.ctx.series.target_model())
             .field("endpoints", &self.endpoints().iter().map(|e| e.address()).collect::<Vec<_>>())
             .field("attempt", &self.attempt.as_ref().map(|a| a.leg.endpoint.address()))
             .finish_non_exhaustive()
@@ -646,64 +598,30 @@ impl Request {
             && let Err(ScheduleError::Saturated) = core.scheduler.admit(req, &cands, now)
         {
             let e = RequestError::resource_exhausted(MSG_SATURATED);
-            core.count_error(&self.ctx.model, &self.ctx.target_model, &e);
+            self.ctx.series.error(e.code);
             return Err(e);
         }
         let t0 = core.timer_now();
         let mut rng = SmallRng::seed_from_u64(core.draw());
         let result = core.scheduler.schedule(req, &cands, core.max_endpoints, now, &mut rng);
+        let m = &core.metrics.request;
         if let Some(secs) = core.elapsed_since(t0) {
-            core.metrics.scheduler_e2e.observe(Vec::new(), secs);
+            m.scheduler_latency(secs);
         }
-        let m = &core.metrics;
+        let series = &self.ctx.series;
         match result {
             Ok(decision) => {
-                let primary = &decision.endpoints[0];
-                let meta = primary.meta();
-                m.scheduler_attempts.add(
-                    vec![
-                        ("namespace", meta.namespace.clone()),
-                        ("pod_name", meta.pod.clone()),
-                        ("port", primary.address().port().to_string()),
-                        ("status", "success".into()),
-                        ("target_model_name", req.target_model.clone()),
-                    ],
-                    1.0,
-                );
-                let labels = model_labels(&req.model, &req.target_model);
-                let mut l = labels.clone();
-                l.insert(1, ("priority", req.priority.to_string()));
-                m.request_total.add(l, 1.0);
-                m.request_sizes.observe(labels, self.ctx.body_bytes as f64);
-                if let Some(name) = &self.ctx.rewrite_rule {
-                    m.model_rewrite_decisions.add(
-                        vec![
-                            ("model_name", req.model.clone()),
-                            ("model_rewrite_name", name.clone()),
-                            ("target_model", req.target_model.clone()),
-                        ],
-                        1.0,
-                    );
-                }
+                series.scheduled(&decision.endpoints[0]);
+                series.requested(self.ctx.body_bytes);
                 if let (Some(ratio), Some(index)) = (decision.prefix_hit_ratio(), core.scheduler.prefix_index()) {
-                    m.prefix_hit_ratio.observe(Vec::new(), ratio);
                     let bytes = f64::from(decision.prefix_matched_blocks) * index.config().chars_per_block() as f64;
-                    m.prefix_hit_bytes.observe(Vec::new(), bytes);
+                    m.prefix_hit(ratio, bytes);
                 }
                 self.decision = Some(decision);
                 Ok(self.endpoints())
             }
             Err(e) => {
-                m.scheduler_attempts.add(
-                    vec![
-                        ("namespace", String::new()),
-                        ("pod_name", String::new()),
-                        ("port", String::new()),
-                        ("status", "failure".into()),
-                        ("target_model_name", req.target_model.clone()),
-                    ],
-                    1.0,
-                );
+                series.schedule_failed();
                 let err = match e {
                     ScheduleError::NoCandidates => RequestError::new(
                         ErrorCode::ServiceUnavailable,
@@ -711,7 +629,7 @@ impl Request {
                     ),
                     ScheduleError::Saturated => RequestError::resource_exhausted(MSG_SATURATED),
                 };
-                core.count_error(&self.ctx.model, &self.ctx.target_model, &err);
+                series.error(err.code);
                 Err(err)
             }
         }
@@ -735,11 +653,11 @@ impl Request {
             h.routed(endpoint, &decision.prefix_hashes);
         }
         if let Some(index) = core.scheduler.prefix_index() {
-            core.metrics.prefix_indexer_size.set(Vec::new(), index.len() as f64);
+            core.metrics.request.prefix_index_size(index.len());
         }
         if !self.running {
             self.running = true;
-            core.metrics.running_requests.add(vec![("model_name", self.ctx.model.clone())], 1.0);
+            self.ctx.series.running(1.0);
         }
         let leg = Leg { endpoint: endpoint.clone(), sent: now, first_byte: None };
         self.attempt = Some(Attempt { added, leg });
@@ -804,37 +722,17 @@ impl Request {
         }
         self.ended = true;
         let core = &*self.core;
-        let m = &core.metrics;
+        let series = &self.ctx.series;
         if let (Some(decision), Some(a)) = (&self.decision, &self.attempt) {
             core.scheduler.on_finished(decision, &a.leg.endpoint);
         }
         if self.running {
-            m.running_requests.add(vec![("model_name", self.ctx.model.clone())], -1.0);
+            series.running(-1.0);
         }
-        let labels = model_labels(&self.ctx.model, &self.ctx.target_model);
         let secs = now.saturating_duration_since(self.ctx.admitted).as_secs_f64();
         match summary {
-            Some(s) if !s.model_server_error => {
-                m.request_duration.observe(labels.clone(), secs);
-                m.response_sizes.observe(labels.clone(), s.response_bytes as f64);
-                if let Some(u) = s.usage {
-                    if u.cached_tokens > 0 {
-                        m.prompt_cached_tokens.observe(labels.clone(), u.cached_tokens as f64);
-                    }
-                    if u.prompt_tokens > 0 {
-                        m.input_tokens.observe(labels.clone(), u.prompt_tokens as f64);
-                    }
-                    if u.completion_tokens > 0 {
-                        m.output_tokens.observe(labels.clone(), u.completion_tokens as f64);
-                        m.ntpot.observe(labels, secs / u.completion_tokens as f64);
-                    }
-                }
-            }
-            Some(_) => {
-                let mut l = labels;
-                l.insert(0, ("error_code", "ModelServerError".into()));
-                m.request_error_total.add(l, 1.0);
-            }
+            Some(s) if !s.model_server_error => series.served(secs, s.response_bytes, s.usage.as_ref()),
+            Some(_) => series.error(ErrorCode::ModelServerError),
             None => {}
         }
         if let (Some(flow), Some(t)) = (&core.flow, &self.ctx.ticket) {
@@ -847,10 +745,10 @@ impl Request {
         }
         if let Some(h) = &core.hooks {
             h.after_end(&Ended {
-                model: &self.ctx.model,
-                target_model: &self.ctx.target_model,
-                priority: self.ctx.priority,
-                fairness_id: &self.ctx.fairness_id,
+                model: series.model(),
+                target_model: series.target_model(),
+                priority: series.priority(),
+                fairness_id: series.fairness_id(),
                 leg: self.attempt.as_ref().map(|a| &a.leg),
                 summary,
                 admitted: self.ctx.admitted,
