@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod parse;
 pub mod request;
 pub mod rewrite;
+pub mod sse;
 pub mod subset;
 pub mod usage;
 
@@ -45,5 +46,6 @@ pub use request::{
     Draws, NoBodyRequest, Prepared, PreparedRequest, RequestHead, build_request, candidates, pick_random_endpoint,
 };
 pub use rewrite::{ModelNameRestorer, ModelRewriteDecision, RewriteSource, resolve_target_model, rewrite_model_back};
+pub use sse::{SseData, SseFramer};
 pub use subset::EndpointSubset;
 pub use usage::{ResponseSummary, ResponseTracker, SseUsageParser, Usage, usage_from_json, usage_from_value};

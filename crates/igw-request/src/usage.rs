@@ -7,9 +7,8 @@
 use serde_json::Value;
 
 use crate::headers::{CONTENT_TYPE, STATUS};
-
-/// Longest SSE line kept for parsing; longer lines are counted but not decoded.
-pub const MAX_SSE_LINE_BYTES: usize = 1024 * 1024;
+pub use crate::sse::MAX_SSE_LINE_BYTES;
+use crate::sse::{SseData, SseFramer};
 /// Largest non-streamed response body buffered to read its usage.
 pub const MAX_JSON_BODY_BYTES: usize = 16 * 1024 * 1024;
 
@@ -139,8 +138,13 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 /// decoded: every event until the first content, afterwards only those mentioning `usage`.
 #[derive(Clone, Debug, Default)]
 pub struct SseUsageParser {
-    line: Vec<u8>,
-    line_overflow: bool,
+    framer: SseFramer,
+    events: SseEvents,
+}
+
+/// What the data events of a stream have said so far.
+#[derive(Clone, Debug, Default)]
+struct SseEvents {
     usage: Option<Usage>,
     data_events: u64,
     first_content: bool,
@@ -157,85 +161,52 @@ impl SseUsageParser {
     /// (the adapter's time-to-first-token moment).
     pub fn push(&mut self, chunk: &[u8]) -> bool {
         let mut first = false;
-        let mut rest = chunk;
-        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
-            let (head, tail) = rest.split_at(pos);
-            rest = &tail[1..];
-            if self.line.is_empty() && !self.line_overflow {
-                first |= self.line_done(head, false);
-            } else {
-                self.append(head);
-                let line = std::mem::take(&mut self.line);
-                first |= self.line_done(&line, self.line_overflow);
-                self.line = line;
-                self.line.clear();
-                self.line_overflow = false;
-            }
-        }
-        self.append(rest);
+        let events = &mut self.events;
+        self.framer.push(chunk, |d| first |= events.data(d));
         first
     }
 
     /// Ends the stream, processing a last line that had no newline. Returns true if that line
     /// was the first content.
     pub fn finish(&mut self) -> bool {
-        if self.line.is_empty() && !self.line_overflow {
-            return false;
-        }
-        let line = std::mem::take(&mut self.line);
-        let first = self.line_done(&line, self.line_overflow);
-        self.line_overflow = false;
+        let mut first = false;
+        let events = &mut self.events;
+        self.framer.finish(|d| first = events.data(d));
         first
     }
 
     /// The usage seen so far (the last event that carried one).
     pub fn usage(&self) -> Option<Usage> {
-        self.usage
+        self.events.usage
     }
 
     /// `data:` events seen, excluding `[DONE]`: about one per generated token for vLLM.
     pub fn data_events(&self) -> u64 {
-        self.data_events
+        self.events.data_events
     }
 
     /// True once an event with content has been seen.
     pub fn saw_content(&self) -> bool {
-        self.first_content
+        self.events.first_content
     }
 
     /// True once `data: [DONE]` has been seen.
     pub fn saw_done(&self) -> bool {
-        self.done
+        self.events.done
     }
+}
 
-    fn append(&mut self, bytes: &[u8]) {
-        if self.line_overflow {
-            return;
-        }
-        if self.line.len() + bytes.len() > MAX_SSE_LINE_BYTES {
-            // Keep the start (enough to tell a data line) and stop collecting.
-            let room = MAX_SSE_LINE_BYTES.saturating_sub(self.line.len());
-            self.line.extend_from_slice(&bytes[..room.min(bytes.len())]);
-            self.line_overflow = true;
-        } else {
-            self.line.extend_from_slice(bytes);
-        }
-    }
-
-    fn line_done(&mut self, line: &[u8], overflowed: bool) -> bool {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(data) = line.strip_prefix(b"data:") else { return false };
-        let data = data.strip_prefix(b" ").unwrap_or(data).trim_ascii();
-        if data.is_empty() {
-            return false;
-        }
+impl SseEvents {
+    /// Reads one data event; true if it was the stream's first content.
+    fn data(&mut self, d: SseData<'_>) -> bool {
+        let data = d.payload;
         if data == b"[DONE]" {
             self.done = true;
             return false;
         }
         self.data_events += 1;
         let need_content = !self.first_content;
-        if overflowed {
+        if d.truncated {
             // Too long to decode: surely content, never just usage.
             self.first_content = true;
             return need_content;

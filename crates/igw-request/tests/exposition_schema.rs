@@ -1,10 +1,10 @@
 //! The shape of igw's own metrics as Prometheus scrapes them today (text format 0.0.4): every
 //! family's name, type, label names and histogram buckets, after a request sequence that touches
 //! every family of the request core and of flow control. Compared parsed, not as bytes, with the
-//! committed `fixtures/exposition_schema.txt`, so a change of the metrics' implementation (e.g.
-//! onto `prometheus-client`) keeps what dashboards and alerts rely on. A deliberate change of a
-//! metric updates the fixture in the same commit: `IGW_UPDATE_FIXTURES=1 cargo test -p igw-request
-//! --test exposition_schema` rewrites it.
+//! committed `fixtures/exposition_schema.txt`, so a change of the metrics' implementation (as the
+//! move onto the `prometheus` crate was) keeps what dashboards and alerts rely on. A deliberate
+//! change of a metric updates the fixture in the same commit: `IGW_UPDATE_FIXTURES=1 cargo test
+//! -p igw-request --test exposition_schema` rewrites it.
 
 #![allow(clippy::unwrap_used)]
 

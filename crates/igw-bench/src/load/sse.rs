@@ -1,59 +1,10 @@
 //! Token timing of a streamed (SSE) completion at the client.
 //!
-//! [`DataLines`] is the load generators' one SSE framing: it re-assembles lines across chunk
-//! boundaries exactly as the production parser (`igw_request::SseUsageParser`) does — lines end
-//! with `\n` or `\r\n`, `data:` is read with or without the space, the payload is trimmed — and
-//! hands over each `data:` payload. [`SseTimer`] is built on it. The production parser does not
-//! expose the payloads it frames (it only reports the first content event and the usage), so
-//! the two cannot share one framer yet.
+//! [`SseTimer`] frames the stream with the gateway's own framer ([`igw_request::SseFramer`]), so
+//! the load generators read an SSE stream exactly as the gateway does: one framing for
+//! production and measurement.
 
-/// Splits an SSE byte stream, fed in arbitrary chunks, into its `data:` payloads.
-///
-/// `event:`, `id:`, comment and blank lines are skipped; `data: [DONE]` is handed over like any
-/// other payload (the caller decides what it means).
-#[derive(Debug, Default, Clone)]
-pub struct DataLines {
-    line: Vec<u8>,
-}
-
-impl DataLines {
-    /// Feeds one chunk; calls `on_data` with the payload of every `data:` line the chunk completes.
-    pub fn push(&mut self, chunk: &[u8], mut on_data: impl FnMut(&[u8])) {
-        let mut rest = chunk;
-        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
-            let (head, tail) = rest.split_at(pos);
-            rest = &tail[1..];
-            if self.line.is_empty() {
-                if let Some(data) = data_of(head) {
-                    on_data(data);
-                }
-            } else {
-                self.line.extend_from_slice(head);
-                if let Some(data) = data_of(&self.line) {
-                    on_data(data);
-                }
-                self.line.clear();
-            }
-        }
-        self.line.extend_from_slice(rest);
-    }
-
-    /// Ends the stream: a last line without a newline is handed over too.
-    pub fn finish(&mut self, on_data: impl FnOnce(&[u8])) {
-        let line = std::mem::take(&mut self.line);
-        if let Some(data) = data_of(&line) {
-            on_data(data);
-        }
-    }
-}
-
-/// The trimmed payload of a `data:` line (`None` for other lines and empty payloads).
-fn data_of(line: &[u8]) -> Option<&[u8]> {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let data = line.strip_prefix(b"data:")?;
-    let data = data.strip_prefix(b" ").unwrap_or(data).trim_ascii();
-    (!data.is_empty()).then_some(data)
-}
+use igw_request::{SseData, SseFramer};
 
 /// Times the token events of an SSE completion stream whose chunks may split events anywhere.
 ///
@@ -62,7 +13,7 @@ fn data_of(line: &[u8]) -> Option<&[u8]> {
 /// length.
 #[derive(Debug, Default)]
 pub struct SseTimer {
-    lines: DataLines,
+    lines: SseFramer,
     /// Seconds to the first token event.
     pub first: Option<f64>,
     last: f64,
@@ -78,7 +29,7 @@ impl SseTimer {
     /// Feeds a chunk that arrived `at` seconds after the request was sent.
     pub fn push(&mut self, chunk: &[u8], at: f64) {
         let mut lines = std::mem::take(&mut self.lines);
-        lines.push(chunk, |data| self.event(data, at));
+        lines.push(chunk, |d| self.event(d, at));
         self.lines = lines;
     }
 
@@ -86,14 +37,19 @@ impl SseTimer {
     /// still counts).
     pub fn finish(&mut self, at: f64) {
         let mut lines = std::mem::take(&mut self.lines);
-        lines.finish(|data| self.event(data, at));
+        lines.finish(|d| self.event(d, at));
     }
 
-    fn event(&mut self, data: &[u8], at: f64) {
-        if data == b"[DONE]" {
+    fn event(&mut self, d: SseData<'_>, at: f64) {
+        if d.payload == b"[DONE]" {
             return;
         }
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else { return };
+        if d.truncated {
+            // Longer than the framer keeps: surely text, as the gateway counts it.
+            self.token(at);
+            return;
+        }
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(d.payload) else { return };
         if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
             self.usage_tokens = Some(n);
         }
@@ -104,13 +60,17 @@ impl SseTimer {
             })
         });
         if has_token {
-            self.events += 1;
-            match self.first {
-                None => self.first = Some(at),
-                Some(_) => self.itls.push(at - self.last),
-            }
-            self.last = at;
+            self.token(at);
         }
+    }
+
+    fn token(&mut self, at: f64) {
+        self.events += 1;
+        match self.first {
+            None => self.first = Some(at),
+            Some(_) => self.itls.push(at - self.last),
+        }
+        self.last = at;
     }
 }
 
@@ -131,19 +91,6 @@ mod tests {
             assert_eq!((t.events, t.usage_tokens), (2, Some(2)), "split at {split}");
             assert!(t.first.is_some());
             assert_eq!(t.itls.len(), 1);
-        }
-    }
-
-    #[test]
-    fn lines_are_framed_as_the_production_parser_frames_them() {
-        let stream = b"event: x\r\ndata:{\"a\":1}\r\n\r\n: comment\ndata: \n\ndata:  [DONE] \nid: 7\ndata: tail";
-        for split in 0..=stream.len() {
-            let mut seen: Vec<Vec<u8>> = Vec::new();
-            let mut lines = DataLines::default();
-            lines.push(&stream[..split], |d| seen.push(d.to_vec()));
-            lines.push(&stream[split..], |d| seen.push(d.to_vec()));
-            lines.finish(|d| seen.push(d.to_vec()));
-            assert_eq!(seen, [&b"{\"a\":1}"[..], b"[DONE]", b"tail"], "split at {split}");
         }
     }
 
