@@ -170,6 +170,7 @@ struct Req {
     first_scheduled: Option<f64>,
     first_token: Option<f64>,
     last_token: f64,
+    preemptions: u32,
 }
 
 /// Most `lora_requests_info` label sets kept.
@@ -303,6 +304,7 @@ impl Engine {
                 blocks: Vec::new(),
                 registered: 0,
                 cached_tokens: None,
+                preemptions: 0,
                 first_scheduled: None,
                 first_token: None,
                 last_token: 0.0,
@@ -515,6 +517,7 @@ impl Engine {
             self.kv.release(&mut r.blocks);
             r.computed = 0;
             r.registered = 0;
+            r.preemptions += 1;
         }
         self.waiting.push_front(id);
         self.stats.preemptions += 1;
@@ -552,7 +555,10 @@ impl Engine {
                     self.stats.ttft.observe(ttft);
                     self.stats.sglang_ttft.observe(ttft);
                     self.stats.prompt_tokens += u64::from(r.prompt);
+                    let cached = r.cached_tokens.unwrap_or(0).min(r.prompt);
+                    self.stats.prompt_tokens_cached += u64::from(cached);
                     self.stats.req_prompt_tokens.observe(f64::from(r.prompt));
+                    self.stats.req_prefill_computed_tokens.observe(f64::from(r.prompt - cached));
                     if let Some(s) = r.first_scheduled {
                         self.stats.prefill.observe((now_s - s).max(0.0));
                     }
@@ -607,6 +613,14 @@ impl Engine {
             s.inference.observe((now_s - fs).max(0.0));
         }
         s.req_generation_tokens.observe(f64::from(f.completion_tokens));
+        s.req_max_generation_tokens.observe(f64::from(r.max_tokens));
+        s.req_params_n.observe(1.0);
+        s.req_preemptions.observe(f64::from(r.preemptions));
+        if let Some(ft) = r.first_token
+            && f.completion_tokens > 1
+        {
+            s.req_tpot.observe((r.last_token - ft).max(0.0) / f64::from(f.completion_tokens - 1));
+        }
         match f.reason {
             FinishReason::Stop => s.finished_stop += 1,
             FinishReason::Length => s.finished_length += 1,

@@ -101,6 +101,38 @@ fn render_vllm_page(s: &MetricsSnapshot, model: &str, unix_time: impl Fn(f64) ->
         s.kv_usage,
     );
     scalar(&mut o, "vllm:kv_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage.", &l, s.kv_usage);
+    // vLLM 0.32's gauges. The simulator defers no waiting request for a transient reason (its LoRA
+    // slot limit keeps such requests in `capacity`), and never sleeps.
+    header(
+        &mut o,
+        "vllm:num_requests_waiting_by_reason",
+        "gauge",
+        "Number of waiting requests by reason. Reason labels: 'capacity' = waiting for scheduling capacity; \
+'deferred' = deferred by transient constraints (LoRA budget, KV transfer, blocked status). Sum of all reasons equals \
+vllm:num_requests_waiting.",
+    );
+    for (reason, v) in [("capacity", s.waiting), ("deferred", 0)] {
+        let _ = writeln!(o, "vllm:num_requests_waiting_by_reason{{{l},reason=\"{reason}\"}} {}", num(f64::from(v)));
+    }
+    header(
+        &mut o,
+        "vllm:engine_sleep_state",
+        "gauge",
+        "Engine sleep state; awake = 0 means engine is sleeping; awake = 1 means engine is awake; \
+weights_offloaded = 1 means sleep level 1; discard_all = 1 means sleep level 2.",
+    );
+    for (state, v) in [("awake", 1.0), ("weights_offloaded", 0.0), ("discard_all", 0.0)] {
+        let _ = writeln!(o, "vllm:engine_sleep_state{{{l},sleep_state=\"{state}\"}} {}", num(v));
+    }
+    header(
+        &mut o,
+        "vllm:admission_rejections_total",
+        "counter",
+        "Number of admission attempts rejected by a queue limit, by reason.",
+    );
+    for reason in ["max_num_queued_reqs", "max_num_queued_tokens"] {
+        let _ = writeln!(o, "vllm:admission_rejections_total{{model_name=\"{m}\",reason=\"{reason}\"}} 0.0");
+    }
     let q = st.prefix_queries as f64;
     let h = st.prefix_hits as f64;
     scalar(
@@ -135,6 +167,63 @@ fn render_vllm_page(s: &MetricsSnapshot, model: &str, unix_time: impl Fn(f64) ->
         &l,
         h,
     );
+    for (name, help) in [
+        (
+            "vllm:external_prefix_cache_queries_total",
+            "External prefix cache queries from KV connector cross-instance cache sharing, in terms of number of \
+queried tokens.",
+        ),
+        (
+            "vllm:external_prefix_cache_hits_total",
+            "External prefix cache hits from KV connector cross-instance cache sharing, in terms of number of cached \
+tokens.",
+        ),
+        ("vllm:mm_cache_queries_total", "Multi-modal cache queries, in terms of number of queried items."),
+        ("vllm:mm_cache_hits_total", "Multi-modal cache hits, in terms of number of cached items."),
+        (
+            "vllm:estimated_flops_per_gpu_total",
+            "Estimated number of floating point operations per GPU (for Model Flops Utilization calculations).",
+        ),
+        (
+            "vllm:estimated_read_bytes_per_gpu_total",
+            "Estimated number of bytes read from memory per GPU (for Model Flops Utilization calculations).",
+        ),
+        (
+            "vllm:estimated_write_bytes_per_gpu_total",
+            "Estimated number of bytes written to memory per GPU (for Model Flops Utilization calculations).",
+        ),
+    ] {
+        // No KV connector, no multimodal inputs, no FLOP model: zero, as on a server without them.
+        scalar(&mut o, name, "counter", help, &l, 0.0);
+    }
+    let cached = st.prompt_tokens_cached as f64;
+    scalar(
+        &mut o,
+        "vllm:prompt_tokens_cached_total",
+        "counter",
+        "Number of cached prompt tokens (local + external).",
+        &l,
+        cached,
+    );
+    header(&mut o, "vllm:prompt_tokens_by_source_total", "counter", "Number of prompt tokens by source.");
+    for (source, v) in [
+        ("local_compute", st.prompt_tokens as f64 - cached),
+        ("local_cache_hit", cached),
+        ("external_kv_transfer", 0.0),
+    ] {
+        let _ = writeln!(o, "vllm:prompt_tokens_by_source_total{{{l},source=\"{source}\"}} {}", num(v));
+    }
+    header(
+        &mut o,
+        "vllm:prompt_tokens_cached_by_source_total",
+        "counter",
+        "Prefix-cache hit tokens by the cache tier that supplied them: device (local HBM), host (offloaded to DRAM), \
+disk, p2p (transferred from another vLLM instance) or external_unspecified. Counted at admission; sums to \
+vllm:prefix_cache_hits + vllm:external_prefix_cache_hits.",
+    );
+    for (source, v) in [("device", cached), ("host", 0.0), ("p2p", 0.0), ("disk", 0.0), ("external_unspecified", 0.0)] {
+        let _ = writeln!(o, "vllm:prompt_tokens_cached_by_source_total{{{l},source=\"{source}\"}} {}", num(v));
+    }
     scalar(
         &mut o,
         "vllm:num_preemptions_total",
@@ -167,7 +256,7 @@ fn render_vllm_page(s: &MetricsSnapshot, model: &str, unix_time: impl Fn(f64) ->
             num(v as f64)
         );
     }
-    let hists: [(&str, &str, &Histogram); 12] = [
+    let hists: [(&str, &str, &Histogram); 17] = [
         ("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", &st.ttft),
         (
             "vllm:time_per_output_token_seconds",
@@ -184,6 +273,27 @@ fn render_vllm_page(s: &MetricsSnapshot, model: &str, unix_time: impl Fn(f64) ->
         ("vllm:request_generation_tokens", "Number of generation tokens processed.", &st.req_generation_tokens),
         ("vllm:request_params_max_tokens", "Histogram of the max_tokens request parameter.", &st.req_max_tokens),
         ("vllm:iteration_tokens_total", "Histogram of number of tokens per engine_step.", &st.iteration_tokens),
+        (
+            "vllm:request_max_num_generation_tokens",
+            "Histogram of maximum number of requested generation tokens.",
+            &st.req_max_generation_tokens,
+        ),
+        ("vllm:request_params_n", "Histogram of the n request parameter.", &st.req_params_n),
+        (
+            "vllm:request_num_preemptions",
+            "Histogram of the number of times a request was preempted.",
+            &st.req_preemptions,
+        ),
+        (
+            "vllm:request_prefill_kv_computed_tokens",
+            "Histogram of new KV tokens computed during prefill (excluding cached tokens).",
+            &st.req_prefill_computed_tokens,
+        ),
+        (
+            "vllm:request_time_per_output_token_seconds",
+            "Histogram of time_per_output_token_seconds per request.",
+            &st.req_tpot,
+        ),
     ];
     for (name, help, hist) in hists.into_iter().filter(|_| histograms) {
         histogram(&mut o, name, help, before, &after, hist);
@@ -201,14 +311,24 @@ fn render_vllm_page(s: &MetricsSnapshot, model: &str, unix_time: impl Fn(f64) ->
             );
         }
     }
+    // vLLM 0.32's label set (a CPU server's values where the simulator models nothing).
     header(&mut o, "vllm:cache_config_info", "gauge", "Information of the LLMEngine CacheConfig");
+    let size_tokens = u64::from(s.num_gpu_blocks) * u64::from(s.block_size);
     let _ = writeln!(
         o,
-        "vllm:cache_config_info{{block_size=\"{}\",cache_dtype=\"auto\",calculate_kv_scales=\"False\",cpu_offload_gb=\"0\",\
-enable_prefix_caching=\"True\",engine=\"0\",gpu_memory_utilization=\"0.9\",is_attention_free=\"False\",\
-num_cpu_blocks=\"None\",num_gpu_blocks=\"{}\",num_gpu_blocks_override=\"None\",prefix_caching_hash_algo=\"builtin\",\
-sliding_window=\"None\",swap_space=\"4\",swap_space_bytes=\"4294967296\"}} 1.0",
-        s.block_size, s.num_gpu_blocks
+        "vllm:cache_config_info{{_block_size_resolved=\"True\",block_size=\"{bs}\",cache_dtype=\"auto\",\
+cache_hit_alignment_tokens=\"None\",effective_attention_block_size=\"{bs}\",\
+enable_mamba_shared_prefix_checkpoint=\"False\",enable_prefix_caching=\"True\",engine=\"0\",\
+gpu_memory_utilization=\"0.9\",hash_block_size=\"None\",is_attention_free=\"False\",kv_cache_dtype_skip_layers=\"[]\",\
+kv_cache_layout=\"None\",kv_cache_max_concurrency=\"None\",kv_cache_memory_bytes=\"None\",\
+kv_cache_size_tokens=\"{size_tokens}\",kv_offloading_backend=\"native\",kv_offloading_size=\"None\",\
+kv_sharing_fast_prefill=\"False\",mamba_block_size=\"None\",mamba_cache_dtype=\"auto\",mamba_cache_mode=\"none\",\
+mamba_page_size_padded=\"None\",mamba_ssm_cache_dtype=\"auto\",num_cpu_blocks=\"None\",num_gpu_blocks=\"{nb}\",\
+num_gpu_blocks_override=\"None\",prefix_cache_retention_interval=\"0\",prefix_caching_hash_algo=\"builtin\",\
+prefix_match_unit=\"None\",replayssm_buffer_len=\"16\",skip_page_size_padded=\"None\",sliding_window=\"None\",\
+swa_bounded_replay=\"True\",use_kda_recoverssm=\"False\",use_replayssm=\"False\",user_specified_block_size=\"False\"}} 1.0",
+        bs = s.block_size,
+        nb = s.num_gpu_blocks
     );
     o
 }

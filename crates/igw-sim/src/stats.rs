@@ -90,6 +90,8 @@ pub struct EngineStats {
     pub prefix_queries: u64,
     /// Prefix-cache hits, in tokens.
     pub prefix_hits: u64,
+    /// Cached prompt tokens of requests whose prefill completed (vLLM `prompt_tokens_cached`).
+    pub prompt_tokens_cached: u64,
     /// Requests finished by reaching their natural end.
     pub finished_stop: u64,
     /// Requests finished by reaching `max_tokens`.
@@ -120,6 +122,16 @@ pub struct EngineStats {
     pub req_max_tokens: Histogram,
     /// vLLM `iteration_tokens_total`.
     pub iteration_tokens: Histogram,
+    /// vLLM 0.32 `request_max_num_generation_tokens`.
+    pub req_max_generation_tokens: Histogram,
+    /// vLLM 0.32 `request_params_n` (the simulator serves n = 1).
+    pub req_params_n: Histogram,
+    /// vLLM 0.32 `request_num_preemptions`.
+    pub req_preemptions: Histogram,
+    /// vLLM 0.32 `request_prefill_kv_computed_tokens` (prompt tokens not served from the cache).
+    pub req_prefill_computed_tokens: Histogram,
+    /// vLLM 0.32 `request_time_per_output_token_seconds` (per request: decode time / (tokens − 1)).
+    pub req_tpot: Histogram,
     /// SGLang `time_to_first_token_seconds`.
     pub sglang_ttft: Histogram,
     /// SGLang `inter_token_latency_seconds`.
@@ -139,6 +151,7 @@ impl EngineStats {
             preemptions: 0,
             prefix_queries: 0,
             prefix_hits: 0,
+            prompt_tokens_cached: 0,
             finished_stop: 0,
             finished_length: 0,
             finished_abort: 0,
@@ -154,6 +167,11 @@ impl EngineStats {
             req_generation_tokens: Histogram::new(&tokens),
             req_max_tokens: Histogram::new(&tokens),
             iteration_tokens: Histogram::new(VLLM_ITERATION_TOKEN_BUCKETS),
+            req_max_generation_tokens: Histogram::new(&tokens),
+            req_params_n: Histogram::new(&[1.0, 2.0, 5.0, 10.0, 20.0]),
+            req_preemptions: Histogram::new(&[1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0]),
+            req_prefill_computed_tokens: Histogram::new(&tokens),
+            req_tpot: Histogram::new(VLLM_TPOT_BUCKETS),
             sglang_ttft: Histogram::new(SGLANG_TTFT_BUCKETS),
             sglang_itl: Histogram::new(SGLANG_ITL_BUCKETS),
             sglang_e2e: Histogram::new(SGLANG_E2E_BUCKETS),

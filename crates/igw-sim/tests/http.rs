@@ -230,7 +230,19 @@ async fn metrics_show_running_and_waiting_change() {
     assert!(metric(&m, "vllm:request_queue_time_seconds_sum{") > 0.0, "the second request queued");
     assert!(text.contains("# TYPE vllm:time_to_first_token_seconds histogram"));
     assert!(text.contains("model_name=\"meta-llama/Llama-2-7b-hf\""));
-    assert!(text.contains("vllm:cache_config_info{block_size=\"16\","));
+    assert!(text.contains("vllm:cache_config_info{_block_size_resolved=\"True\",block_size=\"16\","));
+    // vLLM 0.32's families move with the engine too.
+    assert_eq!(metric(&m, "vllm:request_params_n_count{"), 2.0);
+    assert_eq!(metric(&m, "vllm:request_max_num_generation_tokens_sum{"), 80.0);
+    assert_eq!(metric(&m, "vllm:request_num_preemptions_sum{"), 0.0);
+    assert_eq!(metric(&m, "vllm:request_time_per_output_token_seconds_count{"), 2.0);
+    assert_eq!(
+        metric(
+            &m,
+            "vllm:num_requests_waiting_by_reason{engine=\"0\",model_name=\"meta-llama/Llama-2-7b-hf\",reason=\"capacity\""
+        ),
+        0.0
+    );
     assert!(text.contains("num_gpu_blocks=\"7300\""));
     assert!(!text.contains("lora_requests_info"), "LoRA is off");
     f.shutdown().await;
@@ -251,6 +263,16 @@ async fn prefix_cache_counters_move() {
     let m = parse_metrics(&call(a, "GET", "/metrics", None).await.2);
     assert_eq!(metric(&m, "vllm:prefix_cache_queries_total{"), 320.0);
     assert_eq!(metric(&m, "vllm:prefix_cache_hits_total{"), 144.0);
+    // 0.32's per-request accounting: the second prompt's cached tokens, by source.
+    assert_eq!(metric(&m, "vllm:prompt_tokens_cached_total{"), 144.0);
+    assert_eq!(
+        metric(
+            &m,
+            "vllm:prompt_tokens_cached_by_source_total{engine=\"0\",model_name=\"meta-llama/Llama-2-7b-hf\",source=\"device\""
+        ),
+        144.0
+    );
+    assert_eq!(metric(&m, "vllm:request_prefill_kv_computed_tokens_sum{"), 320.0 - 144.0);
     f.shutdown().await;
 }
 
