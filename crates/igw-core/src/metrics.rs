@@ -1,6 +1,7 @@
 //! Per-endpoint metrics as scraped from a model server.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::time::Instant;
@@ -30,6 +31,11 @@ pub struct EndpointMetrics {
     pub cache_num_blocks: Option<u64>,
     /// When these metrics were last refreshed by a successful scrape; `None` = never.
     pub update_time: Option<Instant>,
+    /// The models the server lists at `/v1/models`: its base model(s) and the LoRA adapters loaded
+    /// on it, idle or busy. `None` when not known (not polled, or the server does not list them).
+    /// vLLM's metrics name an adapter only while requests for it run or wait; this list is how a
+    /// gateway learns where an idle adapter is loaded.
+    pub served_models: Option<Arc<BTreeSet<String>>>,
 }
 
 impl EndpointMetrics {
@@ -46,6 +52,12 @@ impl EndpointMetrics {
     /// True if `adapter` is loaded (active) on this endpoint.
     pub fn has_active_adapter(&self, adapter: &str) -> bool {
         self.active_adapters.contains(adapter)
+    }
+
+    /// Whether this endpoint serves `model` by its `/v1/models` list: `None` when the list is not
+    /// known.
+    pub fn serves(&self, model: &str) -> Option<bool> {
+        self.served_models.as_ref().map(|s| s.contains(model))
     }
 
     /// True if `adapter` is active or awaited on this endpoint.
@@ -66,5 +78,13 @@ mod tests {
         m.update_time = Some(Instant::from_millis(900));
         assert!(!m.is_stale(now, Duration::from_millis(100)));
         assert!(m.is_stale(now, Duration::from_millis(99)));
+    }
+
+    #[test]
+    fn served_models_are_unknown_until_listed() {
+        let mut m = EndpointMetrics::default();
+        assert_eq!(m.serves("a"), None);
+        m.served_models = Some(Arc::new(["base".to_owned(), "a".to_owned()].into_iter().collect()));
+        assert_eq!((m.serves("a"), m.serves("b")), (Some(true), Some(false)));
     }
 }

@@ -174,6 +174,7 @@ pub fn endpoints_json(pool_name: &str, snap: &Snapshot, staleness: Duration) -> 
                 "kv_usage": m.kv_usage,
                 "active_adapters": m.active_adapters,
                 "waiting_adapters": m.waiting_adapters,
+                "served_models": m.served_models.as_deref(),
                 "max_adapters": m.max_adapters,
                 "cache_block_size": m.cache_block_size,
                 "cache_num_blocks": m.cache_num_blocks,

@@ -16,7 +16,7 @@
 //! (fetch error, HTTP status, timeout, or a page without any usable field) and one when it
 //! recovers; likewise one line when a single field becomes unavailable and one when it returns.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +47,13 @@ pub struct ScrapeConfig {
     pub path: String,
     /// Largest body accepted; longer pages fail the scrape (16 MiB).
     pub max_body_bytes: usize,
+    /// URL path of the OpenAI model list on the serving address (`/v1/models`); empty: not polled.
+    /// The list says which LoRA adapters are loaded on an endpoint even while none of their
+    /// requests run ([`igw_core::EndpointMetrics::served_models`]).
+    pub models_path: String,
+    /// Time between polls of one endpoint's model list (1 s: it changes only when adapters are
+    /// loaded or unloaded).
+    pub models_interval: Duration,
 }
 
 impl Default for ScrapeConfig {
@@ -56,6 +63,8 @@ impl Default for ScrapeConfig {
             timeout: Duration::from_secs(1),
             path: "/metrics".to_owned(),
             max_body_bytes: 16 << 20,
+            models_path: "/v1/models".to_owned(),
+            models_interval: Duration::from_secs(1),
         }
     }
 }
@@ -81,6 +90,9 @@ pub enum ScrapeError {
     /// The scrape took longer than the timeout.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// The model list could not be read.
+    #[error(transparent)]
+    Models(#[from] crate::models::ModelsError),
 }
 
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
@@ -112,6 +124,20 @@ impl Shared {
             Ok(body.collect().await.map_err(ScrapeError::Body)?.to_bytes())
         };
         tokio::time::timeout(self.config.timeout, fetch).await.map_err(|_| ScrapeError::Timeout(self.config.timeout))?
+    }
+
+    /// The URL of `ep`'s model list, or `None` when model lists are not polled.
+    fn models_uri(&self, ep: &Endpoint) -> Option<Result<Uri, ScrapeError>> {
+        if self.config.models_path.is_empty() {
+            return None;
+        }
+        let url = format!("http://{}{}", ep.address(), self.config.models_path);
+        Some(url.parse().map_err(|_| ScrapeError::InvalidUrl(url)))
+    }
+
+    async fn models(&self, uri: Uri) -> Result<BTreeSet<String>, ScrapeError> {
+        let body = self.fetch(uri).await?;
+        Ok(crate::models::served_models(&body)?)
     }
 
     async fn scrape(&self, ep: &Endpoint, mapping: &EngineMapping, uri: Uri) -> Result<Extraction, ScrapeError> {
@@ -363,11 +389,30 @@ async fn run_endpoint(shared: Arc<Shared>, ep: Arc<Endpoint>, token: Cancellatio
     let mut log = LogState::default();
     let mut tick = tokio::time::interval(shared.config.interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let models_uri = match shared.models_uri(&ep) {
+        Some(Ok(u)) => Some(u),
+        Some(Err(e)) => {
+            tracing::warn!(endpoint = %name, error = %e, "not polling the endpoint's model list");
+            None
+        }
+        None => None,
+    };
+    let mut models = ModelsState::default();
     loop {
         tokio::select! {
             biased;
             () = token.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if let Some(uri) = &models_uri
+            && models.due(shared.clock.now(), shared.config.models_interval)
+        {
+            let result = tokio::select! {
+                biased;
+                () = token.cancelled() => return,
+                r = shared.models(uri.clone()) => r,
+            };
+            models.observe(&name, result);
         }
         let result = tokio::select! {
             biased;
@@ -375,10 +420,53 @@ async fn run_endpoint(shared: Arc<Shared>, ep: Arc<Endpoint>, token: Cancellatio
             r = shared.scrape(&ep, &mapping, uri.clone()) => r,
         };
         log.observe(&name, &result);
-        if let Ok(x) = result
+        if let Ok(mut x) = result
             && x.is_fresh()
         {
+            x.metrics.served_models = models.list.clone();
             ep.set_metrics(x.metrics);
+        }
+    }
+}
+
+/// An endpoint's model list as last polled, and when to poll it next.
+#[derive(Default)]
+struct ModelsState {
+    /// The last list read; `None` until one is read, and again after a failed poll (a server that
+    /// stops listing its models is not trusted with an old list).
+    list: Option<Arc<BTreeSet<String>>>,
+    next: Option<igw_core::time::Instant>,
+    failing: bool,
+}
+
+impl ModelsState {
+    fn due(&mut self, now: igw_core::time::Instant, every: Duration) -> bool {
+        if self.next.is_some_and(|n| now < n) {
+            return false;
+        }
+        self.next = Some(now.saturating_add(every));
+        true
+    }
+
+    fn observe(&mut self, name: &str, result: Result<BTreeSet<String>, ScrapeError>) {
+        match result {
+            Ok(list) => {
+                if self.failing {
+                    tracing::info!(endpoint = name, "model list available again");
+                }
+                self.failing = false;
+                if self.list.as_deref() != Some(&list) {
+                    tracing::debug!(endpoint = name, models = ?list, "served models");
+                    self.list = Some(Arc::new(list));
+                }
+            }
+            Err(e) => {
+                if !self.failing {
+                    tracing::info!(endpoint = name, error = %e, "model list unavailable; routing without it");
+                }
+                self.failing = true;
+                self.list = None;
+            }
         }
     }
 }

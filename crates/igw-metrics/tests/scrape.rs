@@ -35,6 +35,9 @@ struct Server {
     hits: watch::Sender<usize>,
     /// The waiting count served in `Page` mode, so tests can see a change.
     waiting: Mutex<u32>,
+    /// The `/v1/models` body (`None`: 404); its requests are counted apart from the scrapes.
+    models: Mutex<Option<String>>,
+    model_hits: watch::Sender<usize>,
 }
 
 impl Server {
@@ -45,6 +48,8 @@ impl Server {
             mode: Mutex::new(mode),
             hits: watch::Sender::new(0),
             waiting: Mutex::new(12),
+            models: Mutex::new(None),
+            model_hits: watch::Sender::new(0),
         });
         let s = server.clone();
         tokio::spawn(async move {
@@ -98,7 +103,21 @@ impl Server {
                     Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 }
             };
+            let is_models = buf.starts_with(b"GET /v1/models ");
             buf.drain(..end);
+            if is_models {
+                let models = self.models.lock().clone();
+                self.model_hits.send_modify(|h| *h += 1);
+                let (status, body) = match models {
+                    Some(b) => ("200 OK", b),
+                    None => ("404 Not Found", "{}".to_owned()),
+                };
+                let head = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n", body.len());
+                if sock.write_all(head.as_bytes()).await.is_err() || sock.write_all(body.as_bytes()).await.is_err() {
+                    return;
+                }
+                continue;
+            }
             let mode = *self.mode.lock();
             self.hits.send_modify(|h| *h += 1);
             let (status, body) = match mode {
@@ -194,6 +213,44 @@ async fn scrape_loop_publishes_and_handles_failures() {
 
     scraper.shutdown().await;
     assert!(scraper.is_empty());
+}
+
+#[tokio::test]
+async fn the_model_list_says_where_adapters_are_loaded() {
+    let server = Server::start(Mode::Page).await;
+    *server.models.lock() =
+        Some(r#"{"object":"list","data":[{"id":"base","parent":null},{"id":"ad1","parent":"base"}]}"#.to_owned());
+    let ds = Datastore::with_endpoints([meta(server.addr, None)]);
+    let cfg = ScrapeConfig { models_interval: Duration::from_millis(20), ..config() };
+    let scraper = Scraper::new(cfg, EngineRegistry::builtin());
+    scraper.sync(&ds.snapshot());
+    let ep = only_endpoint(&ds);
+    let mut rx = server.model_hits.subscribe();
+    tokio::time::timeout(DEADLINE, rx.wait_for(|&h| h >= 1)).await.unwrap().unwrap();
+    let h = server.hits();
+    // The second scrape after the poll is sent only once the first was published.
+    server.wait_hits(h, 2).await;
+    let m = ep.metrics();
+    assert_eq!((m.serves("ad1"), m.serves("base"), m.serves("ad2")), (Some(true), Some(true), Some(false)));
+    // Polled far less often than the metrics page.
+    assert!(server.hits() > *server.model_hits.borrow(), "metrics every 5 ms, models every 20 ms");
+
+    // A server that stops listing its models is routed without the list, not with the old one.
+    *server.models.lock() = None;
+    let mh = *server.model_hits.borrow();
+    tokio::time::timeout(DEADLINE, rx.wait_for(|&h| h > mh)).await.unwrap().unwrap();
+    let h = server.hits();
+    // The second scrape after the poll is sent only once the first was published.
+    server.wait_hits(h, 2).await;
+    assert_eq!(ep.metrics().serves("ad1"), None);
+
+    // Off: never asked.
+    let server = Server::start(Mode::Page).await;
+    let ds = Datastore::with_endpoints([meta(server.addr, None)]);
+    let scraper = Scraper::new(ScrapeConfig { models_path: String::new(), ..config() }, EngineRegistry::builtin());
+    scraper.sync(&ds.snapshot());
+    server.wait_hits(0, 3).await;
+    assert_eq!((*server.model_hits.borrow(), only_endpoint(&ds).metrics().served_models.clone()), (0, None));
 }
 
 #[tokio::test]

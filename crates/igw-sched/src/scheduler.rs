@@ -291,6 +291,13 @@ impl Scheduler {
         {
             cands.retain(|c| !c.metrics.is_stale(now, threshold));
         }
+        // An endpoint whose model list lacks the requested model (an adapter loaded elsewhere)
+        // would answer 404: when some candidate lists it, drop those that are known not to.
+        // Endpoints with no list (not polled, never answered) stay; so does everyone when no list
+        // names the model (a base model under another alias, or an engine that loads on demand).
+        if cands.iter().any(|c| c.metrics.serves(&req.target_model) == Some(true)) {
+            cands.retain(|c| c.metrics.serves(&req.target_model) != Some(false));
+        }
         if self.legacy_tree {
             cands = crate::legacy::filter_tree(&req.target_model, cands, rng);
         }
@@ -629,6 +636,38 @@ mod tests {
         set(&s.endpoints[1], 8, 0.7, Instant::from_millis(1_000));
         let d = sched.schedule(&InferenceRequest::text("m", "hi"), &s.endpoints, 2, now, &mut rng).unwrap();
         assert_eq!(d.endpoints.len(), 2, "fail open when everything is stale");
+    }
+
+    #[test]
+    fn endpoints_known_not_to_serve_the_model_are_left_out() {
+        let ds = pool(3);
+        let s = ds.snapshot();
+        let now = Instant::from_millis(10);
+        let list = |ids: &[&str]| Some(Arc::new(ids.iter().map(|s| s.to_string()).collect()));
+        // 0: idle, lists only the base model; 1: busy, has the adapter loaded; 2: no list known.
+        for (e, waiting, served) in [(0, 0, list(&["base"])), (1, 9, list(&["base", "ad1"])), (2, 5, None)] {
+            s.endpoints[e].set_metrics(EndpointMetrics {
+                waiting,
+                update_time: Some(now),
+                served_models: served,
+                ..Default::default()
+            });
+        }
+        for policy in ["igw", "upstream-default", "round-robin", "random", "least-queue"] {
+            let sched = Scheduler::from_policy(policy).unwrap();
+            let mut rng = SmallRng::seed_from_u64(3);
+            for _ in 0..20 {
+                let d = sched.schedule(&InferenceRequest::text("ad1", "hi"), &s.endpoints, 3, now, &mut rng).unwrap();
+                let ids: Vec<u32> = d.endpoints.iter().map(|e| e.id().0).collect();
+                assert!(!ids.contains(&0), "{policy}: endpoint 0 would answer 404 for ad1: {ids:?}");
+                assert!(ids.contains(&1), "{policy}: {ids:?}");
+            }
+        }
+        // A model no list names (an alias, an engine that loads on demand): nobody is left out.
+        let sched = Scheduler::from_policy("round-robin").unwrap();
+        let mut rng = SmallRng::seed_from_u64(3);
+        let d = sched.schedule(&InferenceRequest::text("other", "hi"), &s.endpoints, 3, now, &mut rng).unwrap();
+        assert_eq!(d.endpoints.len(), 3);
     }
 
     #[test]

@@ -170,9 +170,10 @@ fn min_max(cands: &[Candidate], out: &mut [f64], value: impl Fn(&Candidate) -> f
     }
 }
 
-/// Upstream's LoRA affinity score for one endpoint.
+/// Upstream's LoRA affinity score for one endpoint; an adapter the endpoint lists as loaded
+/// (`/v1/models`) scores as an active one, since serving it needs no load.
 pub fn lora_affinity(m: &EndpointMetrics, adapter: &str) -> f64 {
-    if m.active_adapters.contains(adapter) {
+    if m.active_adapters.contains(adapter) || m.serves(adapter) == Some(true) {
         1.0
     } else if m.max_adapters.is_some_and(|max| (m.active_adapters.len() + m.waiting_adapters.len()) < max as usize) {
         0.8
@@ -225,6 +226,8 @@ mod tests {
         m.waiting_adapters.insert("c".into());
         assert_eq!(lora_affinity(&m, "c"), 0.6);
         assert_eq!(lora_affinity(&m, "d"), 0.0);
+        m.served_models = Some(Arc::new(["base".to_owned(), "d".to_owned()].into_iter().collect()));
+        assert_eq!(lora_affinity(&m, "d"), 1.0, "listed as loaded: as good as active");
         c[0].endpoint.in_flight().add(1_000);
         let t = scores(Scorer::TokenLoad { threshold: 4_000 }, &c);
         assert_eq!(t, vec![0.75, 1.0]);
