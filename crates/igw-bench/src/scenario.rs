@@ -18,6 +18,7 @@ pub const BUILTINS: &[(&str, &str)] = &[
     ("multi-lora", include_str!("../scenarios/multi-lora.yaml")),
     ("priority-overload", include_str!("../scenarios/priority-overload.yaml")),
     ("fairness", include_str!("../scenarios/fairness.yaml")),
+    ("tiny-shared-prefix", include_str!("../scenarios/tiny-shared-prefix.yaml")),
 ];
 
 /// One benchmark scenario.
@@ -64,7 +65,7 @@ fn default_scrape() -> u64 {
 pub struct FleetSpec {
     /// Number of replicas.
     pub replicas: usize,
-    /// Engine profile (`llama2-7b-h100`, `llama2-70b-tp4-h100`).
+    /// Engine profile (`llama2-7b-h100`, `llama2-70b-tp4-h100`, `tiny-llama-cpu`).
     #[serde(default = "default_profile")]
     pub profile: String,
     /// Profile overrides.

@@ -61,7 +61,7 @@ pub struct Profile {
 }
 
 /// Names of the built-in profiles.
-pub const PROFILE_NAMES: &[&str] = &["llama2-7b-h100", "llama2-70b-tp4-h100"];
+pub const PROFILE_NAMES: &[&str] = &["llama2-7b-h100", "llama2-70b-tp4-h100", "tiny-llama-cpu"];
 
 impl Profile {
     /// Llama-2-7B fp16 on one H100-80GB with vLLM V1: the calibrated model of §2.4.
@@ -116,7 +116,39 @@ impl Profile {
         match name {
             "llama2-7b-h100" => Ok(Self::llama2_7b_h100()),
             "llama2-70b-tp4-h100" => Ok(Self::llama2_70b_tp4_h100()),
+            "tiny-llama-cpu" => Ok(Self::tiny_llama_cpu()),
             other => Err(SimError::UnknownProfile(other.to_string())),
+        }
+    }
+
+    /// The tiny random-weight Llama of the real-vLLM tests (`scripts/make-tiny-models`) on vLLM
+    /// 0.32's CPU build, one server pinned to one core of the 2-core box, as `scripts/real-vllm`
+    /// starts it (`--max-num-seqs 32 --max-num-batched-tokens 2048`, 1 GB of KV cache: 8,192
+    /// blocks of 128 tokens, 1,024-token context). Step times are medians of the runs of
+    /// `scripts/calibrate-tiny-vllm` in BENCHMARKS.md: the engine is overhead-bound (a decode step
+    /// ≈ 4.2 ms at batch 1 to 8), a prefill costs ≈ 0.013 ms per token, and each sequence in a
+    /// step ≈ 0.4 ms, mostly the API server's streaming on the same core (saturation 63–105
+    /// requests/s of 24 tokens). Not modelled: the API server's ≈ 5–11 ms of per-request work
+    /// before the first step.
+    pub fn tiny_llama_cpu() -> Self {
+        Profile {
+            name: "tiny-llama-cpu".into(),
+            model: "tiny".into(),
+            step: StepCoefficients {
+                fixed_ms: 0.0,
+                linear_floor_ms: 4.2,
+                linear_base_ms: 2.54,
+                linear_per_token_ms: 0.013,
+                decode_kv_per_token_ms: 0.0,
+                prefill_attn_per_pair_ms: 0.0,
+                per_seq_ms: 0.4,
+            },
+            num_gpu_blocks: 8192,
+            block_size: 128,
+            max_num_seqs: 32,
+            max_num_batched_tokens: 2048,
+            max_model_len: 1024,
+            lora: LoraCost { load_ms: 2.0, base_slowdown: 0.10, per_adapter_slowdown: 0.035 },
         }
     }
 
