@@ -15,6 +15,7 @@
 
 mod configs;
 mod contender;
+mod real_fleet;
 mod report;
 
 use std::collections::BTreeMap;
@@ -29,6 +30,7 @@ use thiserror::Error;
 
 pub use configs::{envoy_epp_config, envoy_round_robin_config, serve_config};
 pub use contender::{Contender, Running, Tools};
+pub use real_fleet::FleetKind;
 pub use report::{CompareReport, CompareRow, DesClass, DesPoint, Skipped, Validation, markdown, validate};
 
 use crate::BenchError;
@@ -87,6 +89,10 @@ pub enum CompareError {
     /// The simulated fleet could not be started.
     #[error("starting the simulated fleet")]
     Fleet(#[source] igw_sim::SimError),
+    /// The real fleet's launcher did not bring its servers up (the message says what it printed
+    /// and where the servers' logs are).
+    #[error("real vLLM fleet: {0}")]
+    FleetFailed(String),
     /// No free loopback port.
     #[error("finding a free port")]
     FreePort(#[source] std::io::Error),
@@ -156,10 +162,13 @@ pub struct CompareConfig {
     pub des: bool,
     /// The stated tolerance of real time vs DES on p90 TPOT and p90 e2e (0.25 = ±25%).
     pub tolerance: f64,
+    /// The model servers each contender runs over.
+    pub fleet: FleetKind,
 }
 
 impl CompareConfig {
-    /// Checks the fleet settings: at least one replica, a positive finite time scale.
+    /// Checks the fleet settings: at least one replica, a positive finite time scale (exactly 1
+    /// over a real fleet, which runs in real time).
     pub fn check(&self) -> Result<(), CompareError> {
         if self.replicas == 0 {
             return Err(CompareError::Invalid("--replicas must be at least 1"));
@@ -167,7 +176,20 @@ impl CompareConfig {
         if !(self.time_scale.is_finite() && self.time_scale > 0.0) {
             return Err(CompareError::Invalid("--time-scale must be positive"));
         }
+        if matches!(self.fleet, FleetKind::Vllm { .. }) && self.time_scale != 1.0 {
+            return Err(CompareError::Invalid(
+                "--time-scale applies to the simulated fleet; a real fleet runs in real time",
+            ));
+        }
         Ok(())
+    }
+
+    /// The model every request names: the simulated fleet's, or the real fleet's served name.
+    pub fn model(&self) -> &str {
+        match &self.fleet {
+            FleetKind::Sim => MODEL,
+            FleetKind::Vllm { model, .. } => model,
+        }
     }
 }
 
@@ -241,6 +263,13 @@ pub async fn compare(cfg: &CompareConfig) -> Result<CompareReport, CompareError>
     if kinds.iter().any(|k| matches!(k, Contender::IgwServe { flow: true, .. })) && sc.flow.holdback.is_some() {
         return Err(CompareError::Holdback(sc.name.clone()));
     }
+    if matches!(cfg.fleet, FleetKind::Vllm { .. })
+        && matches!(sc.workload, crate::workload::WorkloadSpec::MultiLora { .. })
+    {
+        return Err(CompareError::Invalid(
+            "LoRA workloads need the simulated fleet (the real fleet serves no adapters of the scenario's names)",
+        ));
+    }
     let generator = crate::cluster::generator(&sc)?;
     let capacity = crate::cluster::capacity_qps(&sc, &generator)?;
     let ladder: Vec<f64> = if cfg.qps.is_empty() {
@@ -266,10 +295,29 @@ pub async fn compare(cfg: &CompareConfig) -> Result<CompareReport, CompareError>
             skipped.push(Skipped { contender: name.clone(), reason });
             continue;
         }
-        let fleet = igw_sim::Fleet::bind(fleet_config(&sc, cfg.time_scale)?, cfg.replicas, 0)
-            .await
-            .map_err(CompareError::Fleet)?;
-        let addrs: Vec<String> = fleet.addrs().iter().map(ToString::to_string).collect();
+        let fleet = match &cfg.fleet {
+            FleetKind::Sim => real_fleet::Fleet::Sim(
+                igw_sim::Fleet::bind(fleet_config(&sc, cfg.time_scale)?, cfg.replicas, 0)
+                    .await
+                    .map_err(CompareError::Fleet)?,
+            ),
+            FleetKind::Vllm { launcher, .. } => {
+                eprintln!("  {name}: starting {} real vLLM servers ...", cfg.replicas);
+                let profile = sc.profile()?;
+                match real_fleet::Fleet::vllm(launcher, cfg.replicas, &profile, log_dir.join(format!("vllm-{name}")))
+                    .await
+                {
+                    Ok(f) => f,
+                    Err(e) => {
+                        let reason = crate::error::chain(&e);
+                        eprintln!("  {name}: failed ({reason})");
+                        skipped.push(Skipped { contender: name.clone(), reason });
+                        continue;
+                    }
+                }
+            }
+        };
+        let addrs = fleet.addrs();
         let result = match kind.start(name, &addrs, &sc, cfg.time_scale, &cfg.tools) {
             Ok(mut running) => {
                 let r = drive(cfg, name, &running.url, &ladder, &sc, &generator).await;
@@ -360,13 +408,13 @@ async fn drive(
     sc: &Scenario,
     generator: &Generator,
 ) -> Result<Vec<StepReport>, CompareError> {
-    ready(url, Duration::from_secs(60)).await.map_err(|reason| CompareError::NotReady {
+    ready(url, cfg.model(), Duration::from_secs(60)).await.map_err(|reason| CompareError::NotReady {
         name: name.to_string(),
         url: url.to_string(),
         reason,
     })?;
     eprintln!("  {name} at {url} ...");
-    let target = Target::new(url, MODEL, cfg.timeout);
+    let target = Target::new(url, cfg.model(), cfg.timeout);
     let mut steps = Vec::with_capacity(ladder.len());
     let mut id = 0u64;
     // The DES's class of each request, sent as its objective and fairness id.
@@ -393,9 +441,9 @@ async fn drive(
 
 /// Probes `url` with a one-token completion every 200 ms until one succeeds; after `limit`, what
 /// the last probe got.
-async fn ready(url: &str, limit: Duration) -> Result<(), String> {
+async fn ready(url: &str, model: &str, limit: Duration) -> Result<(), String> {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let body = serde_json::json!({"model": MODEL, "prompt": "readiness probe", "max_tokens": 1}).to_string();
+    let body = serde_json::json!({"model": model, "prompt": "readiness probe", "max_tokens": 1}).to_string();
     let deadline = Instant::now() + limit;
     let mut last = String::from("no answer");
     let mut interval = tokio::time::interval(Duration::from_millis(200));
@@ -443,6 +491,7 @@ mod tests {
             },
             des: false,
             tolerance: 0.25,
+            fleet: FleetKind::Sim,
         }
     }
 
@@ -462,6 +511,12 @@ mod tests {
         let mut c = config();
         c.time_scale = f64::NAN;
         assert_eq!(c.check().unwrap_err().to_string(), "--time-scale must be positive");
+        let mut c = config();
+        c.fleet = FleetKind::Vllm { launcher: "scripts/real-vllm".into(), model: "tiny".into() };
+        assert!(c.check().unwrap_err().to_string().contains("real fleet runs in real time"));
+        c.time_scale = 1.0;
+        c.check().unwrap();
+        assert_eq!(c.model(), "tiny");
         let mut c = config();
         c.contenders = vec!["nginx".into()];
         let e = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(compare(&c));

@@ -59,6 +59,12 @@ fn vllm_python() -> Option<PathBuf> {
     None
 }
 
+/// True if the vLLM venv and the tiny model are installed; false after a loud notice when they are
+/// not and not required (panics under `IGW_REQUIRE_VLLM`).
+pub fn vllm_installed() -> bool {
+    vllm_python().is_some()
+}
+
 /// A child process whose output goes to a log file; killed when dropped (the log's tail is printed
 /// if the test is failing).
 pub struct Proc {

@@ -411,3 +411,38 @@ fn real_vllm_lora_loaded_at_run_time_is_found_and_used() {
     let served_after = sum_samples(&get(&format!("http://{home}/metrics")).1, "vllm:request_success_total");
     assert!(served_after - served_before >= 7.0, "all on the adapter's replica: {served_before} -> {served_after}");
 }
+
+#[test]
+fn real_vllm_bench_compare_runs_each_contender_over_a_fresh_real_fleet() {
+    let logs = log_dir("compare");
+    // The harness's check (loud skip, or failure under IGW_REQUIRE_VLLM) before anything runs.
+    if !harness::vllm_installed() {
+        return;
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_igw"))
+        .args(["bench", "compare", "--fleet", "vllm", "--scenario", "tiny-shared-prefix", "--replicas", "1"])
+        .args(["--qps", "4", "--duration", "2s", "--contenders", "igw,igw-random", "--no-des", "--json"])
+        .arg("--vllm-launcher")
+        .arg(harness::repo_root().join("scripts/real-vllm"))
+        .arg("--log-dir")
+        .arg(&logs)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "one row per contender, none skipped: {v}");
+    for row in rows {
+        let attempted = row["attempted"].as_u64().unwrap();
+        assert!(attempted >= 4, "{row}");
+        assert_eq!(row["completed"].as_u64().unwrap(), attempted, "every request served by real vLLM: {row}");
+        assert!(row["p90_e2e_ms"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["output_tokens_per_min"].as_f64().unwrap() > 0.0, "{row}");
+    }
+    // Each contender had its own fleet, whose servers' logs are kept.
+    for name in ["igw", "igw-random"] {
+        let dir = logs.join(format!("vllm-{name}"));
+        assert!(std::fs::read_dir(&dir).unwrap().count() >= 1, "{}", dir.display());
+    }
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use igw_bench::compare::{CompareConfig, CompareReport, Tools, markdown};
+use igw_bench::compare::{CompareConfig, CompareReport, FleetKind, Tools, markdown};
 use igw_core::units::parse_go_duration;
 
 /// Flags of `igw bench compare`.
@@ -73,6 +73,17 @@ pub struct CompareArgs {
     /// (the file's last line).
     #[arg(long)]
     pub replot: Option<PathBuf>,
+    /// The model servers each contender runs over: `sim` (igw-sim replicas in this process) or
+    /// `vllm` (real vLLM servers from `--vllm-launcher`, in real time; docs/real-vllm.md).
+    #[arg(long, default_value = "sim", value_parser = ["sim", "vllm"])]
+    pub fleet: String,
+    /// The launcher of a real fleet (`--fleet vllm`): prints `{"replicas":[...]}` once its servers
+    /// answer, stops them on SIGTERM.
+    #[arg(long, default_value = "scripts/real-vllm")]
+    pub vllm_launcher: PathBuf,
+    /// The model name the real fleet serves (`--fleet vllm`).
+    #[arg(long, default_value = "tiny")]
+    pub vllm_model: String,
 }
 
 impl CompareArgs {
@@ -98,6 +109,10 @@ impl CompareArgs {
             },
             des: !self.no_des,
             tolerance: self.tolerance,
+            fleet: match self.fleet.as_str() {
+                "vllm" => FleetKind::Vllm { launcher: self.vllm_launcher.clone(), model: self.vllm_model.clone() },
+                _ => FleetKind::Sim,
+            },
         }
     }
 }
