@@ -67,6 +67,10 @@ pub struct EppArgs {
     /// Model-server metrics scrape interval (Go duration, e.g. 50ms).
     #[arg(long, default_value = "50ms", value_parser = parse_go_duration)]
     pub refresh_metrics_interval: Duration,
+    /// How often each endpoint's /v1/models list (where its LoRA adapters are loaded) is read (Go
+    /// duration); 0s turns the poll off. igw extension.
+    #[arg(long, default_value = "1s", value_parser = parse_go_duration)]
+    pub refresh_models_interval: Duration,
     /// Metrics older than this are stale in the pool gauges.
     #[arg(long, default_value = "2s", value_parser = parse_go_duration)]
     pub metrics_staleness_threshold: Duration,
@@ -208,7 +212,10 @@ async fn serve(args: EppArgs) -> anyhow::Result<()> {
         None
     };
     let scraper = Scraper::new(
-        ScrapeConfig { interval: args.refresh_metrics_interval, ..ScrapeConfig::default() },
+        super::serve::models_poll(
+            ScrapeConfig { interval: args.refresh_metrics_interval, ..ScrapeConfig::default() },
+            args.refresh_models_interval,
+        ),
         EngineRegistry::builtin(),
     );
     let follower = scraper.follow(datastore.clone());
