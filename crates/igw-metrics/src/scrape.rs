@@ -56,6 +56,18 @@ pub struct ScrapeConfig {
     pub models_interval: Duration,
 }
 
+impl ScrapeConfig {
+    /// This configuration with the model-list poll every `every`; zero turns the poll off.
+    pub fn with_models_interval(mut self, every: Duration) -> Self {
+        if every.is_zero() {
+            self.models_path.clear();
+        } else {
+            self.models_interval = every;
+        }
+        self
+    }
+}
+
 impl Default for ScrapeConfig {
     fn default() -> Self {
         ScrapeConfig {

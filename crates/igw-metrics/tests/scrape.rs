@@ -253,6 +253,13 @@ async fn the_model_list_says_where_adapters_are_loaded() {
     assert_eq!((*server.model_hits.borrow(), only_endpoint(&ds).metrics().served_models.clone()), (0, None));
 }
 
+#[test]
+fn the_model_list_poll_follows_its_interval() {
+    let on = ScrapeConfig::default().with_models_interval(Duration::from_millis(250));
+    assert_eq!((on.models_path.as_str(), on.models_interval), ("/v1/models", Duration::from_millis(250)));
+    assert!(ScrapeConfig::default().with_models_interval(Duration::ZERO).models_path.is_empty(), "0 turns it off");
+}
+
 #[tokio::test]
 async fn scrape_once_reports_errors() {
     let server = Server::start(Mode::Status500).await;

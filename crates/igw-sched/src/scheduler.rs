@@ -274,10 +274,12 @@ impl Scheduler {
         if candidates.is_empty() {
             return Err(ScheduleError::NoCandidates);
         }
+        let mut any_model_list = false;
         let mut cands: Vec<Candidate> = candidates
             .iter()
             .map(|e| {
                 let metrics = e.metrics();
+                any_model_list |= metrics.served_models.is_some();
                 let unseen =
                     if self.blend_in_flight { unseen_in_flight(e.in_flight().requests(), &metrics) } else { 0 };
                 Candidate { endpoint: e.clone(), metrics, unseen, expected_wait: 0.0 }
@@ -295,7 +297,7 @@ impl Scheduler {
         // would answer 404: when some candidate lists it, drop those that are known not to.
         // Endpoints with no list (not polled, never answered) stay; so does everyone when no list
         // names the model (a base model under another alias, or an engine that loads on demand).
-        if cands.iter().any(|c| c.metrics.serves(&req.target_model) == Some(true)) {
+        if any_model_list && cands.iter().any(|c| c.metrics.serves(&req.target_model) == Some(true)) {
             cands.retain(|c| c.metrics.serves(&req.target_model) != Some(false));
         }
         if self.legacy_tree {

@@ -212,10 +212,8 @@ async fn serve(args: EppArgs) -> anyhow::Result<()> {
         None
     };
     let scraper = Scraper::new(
-        super::serve::models_poll(
-            ScrapeConfig { interval: args.refresh_metrics_interval, ..ScrapeConfig::default() },
-            args.refresh_models_interval,
-        ),
+        ScrapeConfig { interval: args.refresh_metrics_interval, ..ScrapeConfig::default() }
+            .with_models_interval(args.refresh_models_interval),
         EngineRegistry::builtin(),
     );
     let follower = scraper.follow(datastore.clone());

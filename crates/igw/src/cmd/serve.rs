@@ -108,13 +108,11 @@ impl ServeArgs {
                 response_head_timeout: Duration::from_secs_f64(self.response_timeout_secs.max(0.001)),
                 ..GatewayConfig::default()
             },
-            scrape: models_poll(
-                ScrapeConfig {
-                    interval: Duration::from_millis(self.refresh_metrics_interval_ms.max(1)),
-                    ..ScrapeConfig::default()
-                },
-                Duration::from_millis(self.refresh_models_interval_ms),
-            ),
+            scrape: ScrapeConfig {
+                interval: Duration::from_millis(self.refresh_metrics_interval_ms.max(1)),
+                ..ScrapeConfig::default()
+            }
+            .with_models_interval(Duration::from_millis(self.refresh_models_interval_ms)),
             drain: Duration::from_secs_f64(self.drain_secs.max(0.0)),
             config_poll: Duration::from_millis(self.config_poll_ms.max(1)),
         }
@@ -214,27 +212,5 @@ async fn wait_for_ctrl_c(reloader: Option<Arc<Reloader>>) -> anyhow::Result<()> 
                 None => tracing::info!("SIGHUP ignored: no --config file"),
             },
         }
-    }
-}
-
-/// `cfg` with the model-list poll every `every` (zero: off).
-pub(crate) fn models_poll(mut cfg: ScrapeConfig, every: Duration) -> ScrapeConfig {
-    if every.is_zero() {
-        cfg.models_path.clear();
-    } else {
-        cfg.models_interval = every;
-    }
-    cfg
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_model_list_poll_follows_its_flag() {
-        let on = models_poll(ScrapeConfig::default(), Duration::from_millis(250));
-        assert_eq!((on.models_path.as_str(), on.models_interval), ("/v1/models", Duration::from_millis(250)));
-        assert!(models_poll(ScrapeConfig::default(), Duration::ZERO).models_path.is_empty(), "0 turns it off");
     }
 }
