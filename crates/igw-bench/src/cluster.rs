@@ -86,6 +86,11 @@ pub trait Front {
     fn finished(&mut self, id: u32, usage: Usage, streaming: bool, now: Instant);
     /// The client gave up on request `id` (queued or running), or the engine refused it.
     fn abandon(&mut self, id: u32, now: Instant);
+    /// What the latency model predicted for request `id` on the endpoint it was routed to:
+    /// (TTFT, TPOT) seconds, when the policy predicts.
+    fn prediction(&self, _id: u32) -> Option<(f64, f64)> {
+        None
+    }
 }
 
 /// The simulator's own front: the request core's calls, in the order the live drivers make them
@@ -97,6 +102,7 @@ pub struct CoreFront {
     queued: HashMap<QueueId, u32>,
     queue_of: HashMap<u32, QueueId>,
     running: HashMap<u32, Request>,
+    predictions: HashMap<u32, (f64, f64)>,
 }
 
 impl CoreFront {
@@ -108,6 +114,7 @@ impl CoreFront {
             queued: HashMap::new(),
             queue_of: HashMap::new(),
             running: HashMap::new(),
+            predictions: HashMap::new(),
         }
     }
 
@@ -134,6 +141,9 @@ impl CoreFront {
     fn route(&mut self, id: u32, mut request: Request, prepared: &PreparedRequest, now: Instant) -> Option<usize> {
         let endpoint = request.decide(prepared, None, now).ok()?[0].clone();
         request.attempt(&endpoint, now);
+        if let Some(p) = request.decision().and_then(|d| d.predictions.first()) {
+            self.predictions.insert(id, (p.ttft_s, p.tpot_s));
+        }
         self.running.insert(id, request);
         Some(endpoint.id().0 as usize)
     }
@@ -203,6 +213,10 @@ impl Front for CoreFront {
         // Dropping the request ends it without a response.
         self.running.remove(&id);
     }
+
+    fn prediction(&self, id: u32) -> Option<(f64, f64)> {
+        self.predictions.get(&id).copied()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -240,6 +254,8 @@ struct Req {
     cached: u32,
     /// Output tokens generated while every class was backlogged at the gate.
     backlogged_tokens: u32,
+    /// When it reached its engine.
+    sent: f64,
 }
 
 /// What one simulation produced.
@@ -426,6 +442,7 @@ impl<F: Front> Sim<'_, F> {
         r.endpoint = e;
         r.routed = Some(e);
         r.state = State::Running;
+        r.sent = now;
         let hashes = if self.prefix_hashes {
             igw_sim::prompt::block_hashes(text, self.block_size, r.spec.adapter.as_deref().unwrap_or(""))
         } else {
@@ -654,6 +671,7 @@ pub fn run_point_through<F: Front>(
             tokens: 0,
             cached: 0,
             backlogged_tokens: 0,
+            sent: 0.0,
         })
         .collect();
     let n = engines.len();
@@ -673,7 +691,7 @@ pub fn run_point_through<F: Front>(
         steps: 0,
         model: profile.model.clone(),
         block_size: profile.block_size,
-        prefix_hashes: matches!(sc.workload, crate::workload::WorkloadSpec::SharedPrefix { .. }),
+        prefix_hashes: sc.workload.shares_prefixes(),
         mapping: EngineMapping::vllm(),
         queued_by_class: vec![0; classes.len()],
         all_backlogged: false,
@@ -730,19 +748,48 @@ pub fn run_point_through<F: Front>(
     Ok(PointResult { row, virtual_s: now, steps: sim.steps, decisions })
 }
 
+/// Per class while summarizing: the row, e2e latencies of completed requests, completed output
+/// tokens, those completed in the arrival window, those generated while every class was
+/// backlogged, and e2e latencies of every request (drops infinite).
+type ClassAcc = (ClassRow, Vec<f64>, u64, u64, u64, Vec<f64>);
+
 fn summarize<F: Front>(sim: &Sim<'_, F>, policy: &str, qps: f64, capacity: f64, end: f64) -> Row {
     let sc = sim.sc;
     let (mut tpot, mut ttft, mut e2e) = (Vec::new(), Vec::new(), Vec::new());
     // Per class: the row, e2e latencies, completed output tokens, and those completed while
     // arrivals were still coming (the window in which backlogged classes compete).
     // The last field: output tokens generated while every class was backlogged at the gate.
-    let mut by_class: BTreeMap<String, (ClassRow, Vec<f64>, u64, u64, u64)> = BTreeMap::new();
+    let mut by_class: BTreeMap<String, ClassAcc> = BTreeMap::new();
     let mut backlogged_tokens = 0u64;
     let (mut completed, mut rejected, mut timeouts, mut out_tokens, mut window_tokens) = (0, 0, 0, 0u64, 0u64);
     let (mut prompt_tokens, mut cached_tokens) = (0u64, 0u64);
-    for r in &sim.reqs {
+    // Every request, a dropped one (rejected, timed out) as an infinite latency.
+    let (mut ttft_all, mut e2e_all) = (Vec::new(), Vec::new());
+    let (mut ttft_err, mut tpot_err) = (Vec::new(), Vec::new());
+    for (id, r) in sim.reqs.iter().enumerate() {
         let c = by_class.entry(sim.classes[r.class].name.clone()).or_default();
         c.0.attempted += 1;
+        if r.state == State::Completed {
+            ttft_all.push(r.first - r.arrival);
+            e2e_all.push(r.done - r.arrival);
+            c.5.push(r.done - r.arrival);
+            if let Some((pt, pd)) = sim.front.prediction(id as u32) {
+                let seen = r.first - r.sent;
+                if seen > 0.0 {
+                    ttft_err.push((pt - seen).abs() / seen);
+                }
+                if r.tokens > 1 {
+                    let seen = (r.done - r.first) / f64::from(r.tokens - 1);
+                    if seen > 0.0 {
+                        tpot_err.push((pd - seen).abs() / seen);
+                    }
+                }
+            }
+        } else {
+            ttft_all.push(f64::INFINITY);
+            e2e_all.push(f64::INFINITY);
+            c.5.push(f64::INFINITY);
+        }
         match r.state {
             State::Completed => {
                 completed += 1;
@@ -781,9 +828,10 @@ fn summarize<F: Front>(sim: &Sim<'_, F>, policy: &str, qps: f64, capacity: f64, 
     };
     let by_class = by_class
         .into_iter()
-        .map(|(k, (mut row, mut lat, toks, window, backlogged))| {
+        .map(|(k, (mut row, mut lat, toks, window, backlogged, mut all))| {
             row.backlogged_share = (backlogged_tokens > 0).then(|| backlogged as f64 / backlogged_tokens as f64);
             row.p90_e2e_ms = ms(&mut lat);
+            row.p90_e2e_with_drops_ms = ms(&mut all);
             // Open loop: shares of what completed while the load was on (after it stops, the
             // classes still queued drain alone and would inflate their share); the blog's client
             // sends in steps and drains, so there the whole run counts.
@@ -810,6 +858,10 @@ fn summarize<F: Front>(sim: &Sim<'_, F>, policy: &str, qps: f64, capacity: f64, 
         p90_e2e_ms: ms(&mut e2e),
         output_tokens_per_min: tokens_per_min,
         cache_hit_rate: if prompt_tokens > 0 { cached_tokens as f64 / prompt_tokens as f64 } else { 0.0 },
+        p90_ttft_with_drops_ms: ms(&mut ttft_all),
+        p90_e2e_with_drops_ms: ms(&mut e2e_all),
+        ttft_error_p50: (!ttft_err.is_empty()).then(|| percentile(&mut ttft_err, 0.5)),
+        tpot_error_p50: (!tpot_err.is_empty()).then(|| percentile(&mut tpot_err, 0.5)),
         by_class,
         backlogged_s: sim.backlogged_s,
     }
@@ -833,7 +885,7 @@ pub fn capacity_qps(sc: &Scenario, generator: &Generator) -> Result<f64, BenchEr
     cfg.max_loras = sc.fleet.max_loras;
     let mut engine = Engine::new(cfg)?;
     let mut rng = SmallRng::seed_from_u64(sc.workload.seed() ^ 0xca9a);
-    let prefix = matches!(sc.workload, crate::workload::WorkloadSpec::SharedPrefix { .. });
+    let prefix = sc.workload.shares_prefixes();
     let (mut t, mut id, mut done) = (0.0f64, 0u64, 0u64);
     let (warm, end) = (30.0, 150.0);
     while t < end {

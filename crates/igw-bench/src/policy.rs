@@ -25,6 +25,9 @@ pub const POLICY_NAMES: &[&str] = &[
     "upstream-default+flow",
     "sglang-cache-aware",
     "power-of-two",
+    "dynamo-kv",
+    "igw-latency",
+    "igw-latency+flow",
 ];
 
 /// A routing policy ready to run one simulation.

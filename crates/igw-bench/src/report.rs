@@ -18,6 +18,8 @@ pub struct ClassRow {
     pub timeouts: u64,
     /// p90 end-to-end latency of completed requests, ms.
     pub p90_e2e_ms: f64,
+    /// p90 end-to-end latency of every request sent, a dropped one counting as infinite, ms.
+    pub p90_e2e_with_drops_ms: f64,
     /// Fraction of the completed output tokens (shares sum to 1); with the open-loop client, of
     /// those completed while arrivals were still coming.
     pub share: f64,
@@ -58,6 +60,16 @@ pub struct Row {
     pub output_tokens_per_min: f64,
     /// Fraction of prompt tokens served from the engines' prefix caches.
     pub cache_hit_rate: f64,
+    /// p90 TTFT over every request sent, a rejected or timed-out one counting as infinite (so
+    /// shedding cannot make the p90 look good), ms; infinite when more than 10% were dropped.
+    pub p90_ttft_with_drops_ms: f64,
+    /// p90 end-to-end latency over every request sent, drops infinite, ms.
+    pub p90_e2e_with_drops_ms: f64,
+    /// Median |predicted − observed| / observed of the TTFT the latency model predicted on the
+    /// chosen endpoint (TTFT from reaching the engine); `None` when the policy does not predict.
+    pub ttft_error_p50: Option<f64>,
+    /// The same for TPOT (decode time per token after the first).
+    pub tpot_error_p50: Option<f64>,
     /// Per class.
     pub by_class: BTreeMap<String, ClassRow>,
     /// Virtual seconds during which every class had requests queued at the gateway (the window of
@@ -84,7 +96,7 @@ pub fn table(r: &Report) -> String {
     let _ = writeln!(s, "scenario {} · capacity {:.1} QPS · workload {}", r.scenario, r.capacity_qps, r.workload);
     let _ = writeln!(
         s,
-        "{:<22} {:>7} {:>7} {:>5} {:>8} {:>8} {:>7} {:>6} {:>9} {:>8} {:>9} {:>9} {:>10} {:>5}",
+        "{:<22} {:>7} {:>7} {:>5} {:>8} {:>8} {:>7} {:>6} {:>9} {:>8} {:>9} {:>9} {:>10} {:>5} {:>11}",
         "policy",
         "qps",
         "sent",
@@ -98,12 +110,13 @@ pub fn table(r: &Report) -> String {
         "p90ttft",
         "p90e2e",
         "outtok/min",
-        "hit%"
+        "hit%",
+        "prederr%"
     );
     for row in &r.rows {
         let _ = writeln!(
             s,
-            "{:<22} {:>7.1} {:>7.1} {:>5.2} {:>8} {:>8} {:>7} {:>6} {:>9.1} {:>8.1} {:>9.0} {:>9.0} {:>10.3e} {:>5.1}",
+            "{:<22} {:>7.1} {:>7.1} {:>5.2} {:>8} {:>8} {:>7} {:>6} {:>9.1} {:>8.1} {:>9.0} {:>9.0} {:>10.3e} {:>5.1} {:>11}",
             row.policy,
             row.qps,
             row.sent_qps,
@@ -117,19 +130,24 @@ pub fn table(r: &Report) -> String {
             row.p90_ttft_ms,
             row.p90_e2e_ms,
             row.output_tokens_per_min,
-            row.cache_hit_rate * 100.0
+            row.cache_hit_rate * 100.0,
+            match (row.ttft_error_p50, row.tpot_error_p50) {
+                (Some(t), Some(d)) => format!("{:.0}/{:.0}", t * 100.0, d * 100.0),
+                _ => "-".into(),
+            }
         );
         if row.by_class.len() > 1 {
             for (name, c) in &row.by_class {
                 let _ = writeln!(
                     s,
-                    "    {:<18} attempted {:>7} completed {:>7} rejected {:>7} timeouts {:>6} p90 e2e {:>8.0} ms share {:>5.1}%{}",
+                    "    {:<18} attempted {:>7} completed {:>7} rejected {:>7} timeouts {:>6} p90 e2e {:>8.0} ms (drops ∞: {:>8.0}) share {:>5.1}%{}",
                     name,
                     c.attempted,
                     c.completed,
                     c.rejected,
                     c.timeouts,
                     c.p90_e2e_ms,
+                    c.p90_e2e_with_drops_ms,
                     c.share * 100.0,
                     c.backlogged_share.map_or(String::new(), |b| format!(
                         " · {:.1}% while all backlogged ({:.0} s)",

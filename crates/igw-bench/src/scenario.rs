@@ -19,6 +19,10 @@ pub const BUILTINS: &[(&str, &str)] = &[
     ("priority-overload", include_str!("../scenarios/priority-overload.yaml")),
     ("fairness", include_str!("../scenarios/fairness.yaml")),
     ("tiny-shared-prefix", include_str!("../scenarios/tiny-shared-prefix.yaml")),
+    ("hot-prefix-1", include_str!("../scenarios/hot-prefix-1.yaml")),
+    ("hot-prefix-2", include_str!("../scenarios/hot-prefix-2.yaml")),
+    ("hot-prefix-5", include_str!("../scenarios/hot-prefix-5.yaml")),
+    ("heterogeneous-speeds", include_str!("../scenarios/heterogeneous-speeds.yaml")),
 ];
 
 /// One benchmark scenario.
@@ -262,6 +266,20 @@ impl Scenario {
             return bad("scrape_interval_ms and client.timeout_s must be positive".into());
         }
         Ok(())
+    }
+
+    /// Sets every seed (arrivals, workload, fleet) to `seed`, to repeat the scenario with other
+    /// draws.
+    pub fn reseed(&mut self, seed: u64) {
+        self.arrivals.seed = seed;
+        self.fleet.seed = seed;
+        match &mut self.workload {
+            WorkloadSpec::LpgFit { seed: s }
+            | WorkloadSpec::Sharegpt { seed: s, .. }
+            | WorkloadSpec::SharedPrefix { seed: s, .. }
+            | WorkloadSpec::HotPrefix { seed: s, .. }
+            | WorkloadSpec::MultiLora { seed: s, .. } => *s = seed,
+        }
     }
 
     /// The classes, or the single default class.

@@ -59,6 +59,26 @@ pub enum WorkloadSpec {
         /// Output tokens.
         output_len: u32,
     },
+    /// A few very popular long system prompts (one product prompt, an agent's tool preamble)
+    /// mixed with cold traffic: a share `hot_fraction` of requests starts with one of `prefixes`
+    /// system prompts (drawn uniformly; their lengths spread evenly over `prefix_len`, tokens)
+    /// followed by a unique question of `question_len` tokens; the rest have LPG-fit lengths and
+    /// share nothing. Every request generates `output_len` tokens (hot) or its LPG-fit length (cold).
+    HotPrefix {
+        /// Seed.
+        #[serde(default = "one")]
+        seed: u64,
+        /// Number of hot system prompts.
+        prefixes: u32,
+        /// `[shortest, longest]` system prompt, tokens.
+        prefix_len: [u32; 2],
+        /// Share of requests that use a hot prompt.
+        hot_fraction: f64,
+        /// Question tokens after the system prompt.
+        question_len: u32,
+        /// Output tokens of a hot request.
+        output_len: u32,
+    },
     /// LPG-fit lengths, each request targeting one of `adapters` LoRA adapters with Zipf popularity.
     MultiLora {
         /// Seed.
@@ -86,8 +106,14 @@ impl WorkloadSpec {
             WorkloadSpec::LpgFit { seed }
             | WorkloadSpec::Sharegpt { seed, .. }
             | WorkloadSpec::SharedPrefix { seed, .. }
+            | WorkloadSpec::HotPrefix { seed, .. }
             | WorkloadSpec::MultiLora { seed, .. } => *seed,
         }
+    }
+
+    /// True when prompts share prefixes (the simulator then hashes their KV blocks).
+    pub fn shares_prefixes(&self) -> bool {
+        matches!(self, WorkloadSpec::SharedPrefix { .. } | WorkloadSpec::HotPrefix { .. })
     }
 }
 
@@ -98,6 +124,7 @@ enum Kind {
     Pairs(Arc<Vec<(u32, u32)>>),
     Prefix { groups: u32, per_group: u32, system: u32, question: u32, output: u32 },
     Lora(igw_sim::workload::ShareGptLengths, Zipf<f64>, Vec<Arc<str>>),
+    Hot { lengths: Vec<u32>, hot_fraction: f64, question: u32, output: u32, cold: igw_sim::workload::ShareGptLengths },
 }
 
 /// Draws [`RequestSpec`]s.
@@ -147,6 +174,43 @@ impl Generator {
                     ),
                 }
             }
+            WorkloadSpec::HotPrefix { prefixes, prefix_len, hot_fraction, question_len, output_len, .. } => {
+                let [lo, hi] = *prefix_len;
+                if *prefixes == 0 || lo == 0 || hi < lo || *question_len == 0 || *output_len == 0 {
+                    return Err(BenchError::Scenario(
+                        "hot-prefix needs positive prefixes, lengths and prefix_len [shortest, longest]".into(),
+                    ));
+                }
+                if !(0.0..=1.0).contains(hot_fraction) {
+                    return Err(BenchError::Scenario(format!(
+                        "hot-prefix hot_fraction {hot_fraction} is not in [0, 1]"
+                    )));
+                }
+                let n = *prefixes;
+                let lengths =
+                    (0..n)
+                        .map(|i| {
+                            if n == 1 {
+                                lo
+                            } else {
+                                lo + ((u64::from(hi - lo) * u64::from(i)) / u64::from(n - 1)) as u32
+                            }
+                        })
+                        .collect();
+                Generator {
+                    kind: Kind::Hot {
+                        lengths,
+                        hot_fraction: *hot_fraction,
+                        question: *question_len,
+                        output: *output_len,
+                        cold: fit(),
+                    },
+                    description: format!(
+                        "hot-prefix ({n} prompts of {lo}-{hi} tokens, {:.0}% of requests, question {question_len}, output {output_len}; cold lpg-fit)",
+                        hot_fraction * 100.0
+                    ),
+                }
+            }
             WorkloadSpec::MultiLora { adapters, zipf_s, .. } => {
                 let z = Zipf::new(f64::from(*adapters), *zipf_s)
                     .map_err(|e| BenchError::Scenario(format!("multi-lora zipf({adapters}, {zipf_s}): {e}")))?;
@@ -175,6 +239,23 @@ impl Generator {
                 shared_tokens: *system,
                 adapter: None,
             },
+            Kind::Hot { lengths, hot_fraction, question, output, cold } => {
+                // Draw order is fixed (hot?, which, question id) so the sequence is seeded.
+                let u: f64 = rng.random();
+                let which = rng.random_range(0..lengths.len());
+                let q: u32 = rng.random();
+                if u < *hot_fraction {
+                    RequestSpec {
+                        input: lengths[which] + question,
+                        output: *output,
+                        prefix: Some((which as u32, q)),
+                        shared_tokens: lengths[which],
+                        adapter: None,
+                    }
+                } else {
+                    plain(cold.input(rng), cold.output(rng))
+                }
+            }
             Kind::Lora(d, z, names) => {
                 let k = (z.sample(rng) as usize).clamp(1, names.len()) - 1;
                 RequestSpec { adapter: Some(names[k].clone()), ..plain(d.input(rng), d.output(rng)) }
@@ -299,6 +380,41 @@ mod tests {
         assert!((span - 100.0).abs() < 6.0, "poisson span {span}");
         let c = arrival_times(Process::Constant, 4.0, 2.0, &mut rng);
         assert_eq!(c, vec![0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75]);
+    }
+
+    #[test]
+    fn hot_prefix_mixes_a_few_long_prompts_with_cold_traffic() {
+        let spec = WorkloadSpec::HotPrefix {
+            seed: 1,
+            prefixes: 2,
+            prefix_len: [1000, 3000],
+            hot_fraction: 0.7,
+            question_len: 100,
+            output_len: 50,
+        };
+        let g = Generator::new(&spec, None).unwrap();
+        let mut rng = SmallRng::seed_from_u64(1);
+        let (mut hot, mut by_prefix) = (0u32, [0u32; 2]);
+        for _ in 0..5_000 {
+            let r = g.next(&mut rng);
+            if let Some((p, _)) = r.prefix {
+                hot += 1;
+                by_prefix[p as usize] += 1;
+                assert_eq!(r.shared_tokens, [1000, 3000][p as usize]);
+                assert_eq!((r.input, r.output), (r.shared_tokens + 100, 50));
+            }
+        }
+        assert!((3_350..3_650).contains(&hot), "{hot}");
+        assert!(by_prefix.iter().all(|&n| n > 1_500), "{by_prefix:?}");
+        let bad = WorkloadSpec::HotPrefix {
+            seed: 1,
+            prefixes: 2,
+            prefix_len: [1000, 3000],
+            hot_fraction: 1.5,
+            question_len: 100,
+            output_len: 50,
+        };
+        assert!(Generator::new(&bad, None).is_err());
     }
 
     #[test]

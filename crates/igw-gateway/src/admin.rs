@@ -34,6 +34,8 @@ pub struct Admin {
     pub staleness: Duration,
     /// More metrics to append to `/metrics`.
     pub extra: Vec<Arc<dyn MetricsSource>>,
+    /// The pool's scheduler (its learned latency model, when it predicts, is shown per endpoint).
+    pub scheduler: Option<Arc<igw_sched::Scheduler>>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -98,7 +100,8 @@ impl Admin {
         serde_json::json!({
             "pool": self.pool_name,
             "generation": snap.generation,
-            "endpoints": endpoints_json(&self.pool_name, snap, self.staleness),
+            "endpoints": endpoints_json(&self.pool_name, snap, self.staleness, self.scheduler.as_deref()),
+            "latency_model": self.scheduler.as_deref().and_then(igw_sched::Scheduler::latency_model).map(|m| m.pool_view()),
         })
         .to_string()
     }
@@ -156,9 +159,16 @@ fn write_pool_metrics(out: &mut String, pool_name: &str, snap: &Snapshot, stalen
     }
 }
 
-/// One JSON object per endpoint of `snap`: metrics, in-flight load, staleness, pool.
-pub fn endpoints_json(pool_name: &str, snap: &Snapshot, staleness: Duration) -> Vec<serde_json::Value> {
+/// One JSON object per endpoint of `snap`: metrics, in-flight load, staleness, pool, and what the
+/// scheduler's latency model learned of it (when `scheduler` predicts).
+pub fn endpoints_json(
+    pool_name: &str,
+    snap: &Snapshot,
+    staleness: Duration,
+    scheduler: Option<&igw_sched::Scheduler>,
+) -> Vec<serde_json::Value> {
     let now = process_clock().now();
+    let model = scheduler.and_then(igw_sched::Scheduler::latency_model);
     snap.endpoints
         .iter()
         .map(|e| {
@@ -182,6 +192,7 @@ pub fn endpoints_json(pool_name: &str, snap: &Snapshot, staleness: Duration) -> 
                 "stale": m.is_stale(now, staleness),
                 "in_flight_requests": e.in_flight().requests(),
                 "in_flight_tokens": e.in_flight().tokens(),
+                "latency_model": model.and_then(|m| m.view(e.id())),
             })
         })
         .collect()

@@ -231,7 +231,11 @@ impl PoolSet {
                 "models": pool.models,
                 "scheduler": pool.scheduler_source,
             }));
-            view.pools.push(AdminPool { name: pool.name.clone(), datastore: rt.datastore.clone() });
+            view.pools.push(AdminPool {
+                name: pool.name.clone(),
+                datastore: rt.datastore.clone(),
+                scheduler: Some(rt.pool.core().scheduler().clone()),
+            });
             view.metrics.extend(metric_sources(&rt.pool));
             routes.push(PoolRoute { name: pool.name, pool: rt.pool.clone(), models: pool.models });
             pools.push(rt);
@@ -245,7 +249,8 @@ impl PoolSet {
     pub fn single(name: &str, datastore: Arc<Datastore>, pool: Arc<Pool>, scrape: &ScrapeConfig) -> Self {
         let rt = Arc::new(PoolRuntime::new(String::new(), datastore.clone(), pool.clone(), scrape));
         let metrics = metric_sources(&pool);
-        let view = AdminView { pools: vec![AdminPool { name: name.to_string(), datastore }], metrics };
+        let scheduler = Some(pool.core().scheduler().clone());
+        let view = AdminView { pools: vec![AdminPool { name: name.to_string(), datastore, scheduler }], metrics };
         PoolSet {
             routes: Some(Routes::single(name, pool)),
             view,

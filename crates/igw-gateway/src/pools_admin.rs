@@ -26,6 +26,8 @@ pub struct AdminPool {
     pub name: String,
     /// The pool's datastore.
     pub datastore: Arc<Datastore>,
+    /// The pool's scheduler (its learned latency model, when it predicts, is shown per endpoint).
+    pub scheduler: Option<Arc<igw_sched::Scheduler>>,
 }
 
 /// What the admin listener reports on; replaced whole on reload.
@@ -111,8 +113,14 @@ impl PoolsAdmin {
         let mut all = Vec::new();
         for p in &view.pools {
             let snap = p.datastore.snapshot();
-            let eps = endpoints_json(&p.name, &snap, self.staleness);
-            pools.push(serde_json::json!({"name": p.name, "generation": snap.generation, "endpoints": eps.len()}));
+            let eps = endpoints_json(&p.name, &snap, self.staleness, p.scheduler.as_deref());
+            let model = p.scheduler.as_deref().and_then(igw_sched::Scheduler::latency_model).map(|m| m.pool_view());
+            pools.push(serde_json::json!({
+                "name": p.name,
+                "generation": snap.generation,
+                "endpoints": eps.len(),
+                "latency_model": model,
+            }));
             all.extend(eps);
         }
         serde_json::json!({"pools": pools, "endpoints": all})
@@ -166,6 +174,7 @@ mod tests {
     #[test]
     fn every_pool_is_reported_and_request_metrics_merge() {
         let pool = |name: &str, addr: &str| AdminPool {
+            scheduler: None,
             name: name.into(),
             datastore: Arc::new(Datastore::with_endpoints([EndpointMeta::parse_addr(addr).unwrap()])),
         };

@@ -421,3 +421,40 @@ async fn a_kubernetes_pool_without_a_cluster_is_a_clear_error() {
     let e = Serving::start(&args(), Source::Kubernetes(cfg), l, a).await.unwrap_err();
     assert!(format!("{e:#}").contains("starting Kubernetes discovery"), "{e:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn igw_latency_learns_each_replica_and_shows_it_on_the_admin_listener() {
+    let (fa, fb) = (fleet("m", "127.0.0.1", 0.05).await, fleet("m", "127.0.0.1", 0.05).await);
+    let dir = temp_dir("latency");
+    let path = dir.join("gateway.yaml");
+    let text = format!(
+        "pools:\n- name: p\n  endpoints: [{}, {}]\n  models: [m]\n  policy: igw-latency\n",
+        fa.addrs()[0],
+        fb.addrs()[0]
+    );
+    write_atomically(&path, &text);
+    let plan = gateway_config::load(&path, "igw").unwrap();
+    let s = start(Source::Config(path.clone(), plan)).await;
+    let body = r#"{"model":"m","prompt":"hello there","max_tokens":8,"ignore_eos":true,"stream":true,"stream_options":{"include_usage":true}}"#;
+    for _ in 0..12 {
+        let resp = send(s.addr, "POST", "/v1/completions", &[("x-llm-d-slo-ttft-ms", "60000")], body).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let text = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(String::from_utf8_lossy(&text).contains("data: [DONE]"));
+    }
+    let eps = get_json(s.admin_addr, "/debug/endpoints").await;
+    let learned: u64 = eps["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["latency_model"]["tpot_samples"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(learned, 12, "every streamed response trains its replica's model: {eps}");
+    let pool = &eps["pools"][0]["latency_model"];
+    assert!(pool["step_s"].as_f64().unwrap() > 0.0, "the pool's learned shape is shown: {eps}");
+    let metrics = get_text(s.admin_addr, "/metrics").await;
+    assert!(metrics.contains("inference_objective_request_predicted_ttft_seconds_count 12"), "{metrics}");
+    assert!(metrics.contains("igw_latency_prediction_error_ratio_bucket{signal=\"tpot\""), "{metrics}");
+    assert!(!metrics.contains("inference_objective_request_slo_violation_total{"), "a 60 s TTFT objective is met");
+    s.shutdown().await;
+}

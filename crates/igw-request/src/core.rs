@@ -40,7 +40,7 @@ use rand::rngs::SmallRng;
 
 use crate::error::{
     ErrorCode, MSG_NO_CANDIDATES, MSG_QUEUE_FULL, MSG_QUEUE_SHUTDOWN, MSG_QUEUE_TTL, MSG_SATURATED,
-    MSG_SCHEDULE_FAILED, RequestError,
+    MSG_SCHEDULE_FAILED, MSG_SLO_UNATTAINABLE, RequestError,
 };
 use crate::metrics::{FlowMetrics, PoolMetrics, RequestMetrics, Series, SeriesKey};
 use crate::parse::ParsedBody;
@@ -121,6 +121,19 @@ impl Leg {
     pub fn ttfb(&self) -> Option<Duration> {
         self.first_byte.map(|t| t.saturating_duration_since(self.sent))
     }
+}
+
+/// What a response showed the latency model: TTFT (streamed responses), the attempt's duration
+/// and the usage. Nothing for an error, or a response without usage.
+fn observed(s: &ResponseSummary, leg: &Leg, now: Instant) -> Option<igw_sched::latency::Observed> {
+    let u = s.usage.as_ref().filter(|_| !s.model_server_error)?;
+    Some(igw_sched::latency::Observed {
+        ttft_s: leg.ttfb().filter(|_| s.streaming).map(|d| d.as_secs_f64()),
+        e2e_s: now.saturating_duration_since(leg.sent).as_secs_f64(),
+        completion_tokens: u.completion_tokens,
+        cached_tokens: (u.cached_tokens > 0).then_some(u.cached_tokens),
+        prompt_tokens: u.prompt_tokens,
+    })
 }
 
 /// A request released by flow control: its flow, band and what was charged to the flow.
@@ -612,6 +625,9 @@ impl Request {
         match result {
             Ok(decision) => {
                 series.scheduled(&decision.endpoints[0]);
+                if let Some(p) = decision.predictions.first() {
+                    m.predicted(p.ttft_s, p.tpot_s);
+                }
                 series.requested(self.ctx.body_bytes);
                 if let (Some(ratio), Some(index)) = (decision.prefix_hit_ratio(), core.scheduler.prefix_index()) {
                     let bytes = f64::from(decision.prefix_matched_blocks) * index.config().chars_per_block() as f64;
@@ -628,6 +644,7 @@ impl Request {
                         format!("{MSG_SCHEDULE_FAILED}: {MSG_NO_CANDIDATES}"),
                     ),
                     ScheduleError::Saturated => RequestError::resource_exhausted(MSG_SATURATED),
+                    ScheduleError::SloUnattainable => RequestError::resource_exhausted(MSG_SLO_UNATTAINABLE),
                 };
                 series.error(err.code);
                 Err(err)
@@ -694,6 +711,9 @@ impl Request {
             && a.leg.first_byte.is_none()
         {
             a.leg.first_byte = Some(now);
+            if let Some(d) = &self.decision {
+                self.core.scheduler.on_first_token(d, &a.leg.endpoint);
+            }
         }
     }
 
@@ -724,7 +744,21 @@ impl Request {
         let core = &*self.core;
         let series = &self.ctx.series;
         if let (Some(decision), Some(a)) = (&self.decision, &self.attempt) {
-            core.scheduler.on_finished(decision, &a.leg.endpoint);
+            let seen = summary.and_then(|s| observed(s, &a.leg, now));
+            core.scheduler.on_finished_observed(decision, &a.leg.endpoint, seen.as_ref(), a.leg.first_byte.is_some());
+            if let Some(seen) = &seen {
+                let tpot = (seen.completion_tokens > 1 && seen.ttft_s.is_some())
+                    .then(|| (seen.e2e_s - seen.ttft_s.unwrap_or(0.0)) / (seen.completion_tokens - 1) as f64);
+                let (ttft_miss, tpot_miss) = decision.slo.missed(seen.ttft_s, tpot);
+                series.slo_outcome(ttft_miss, tpot_miss);
+                if let Some(p) = decision.prediction_for(&a.leg.endpoint) {
+                    let rel = |pred: f64, x: f64| (x > 0.0).then(|| (pred - x).abs() / x);
+                    core.metrics.request.prediction_error(
+                        seen.ttft_s.and_then(|x| rel(p.ttft_s, x)),
+                        tpot.and_then(|x| rel(p.tpot_s, x)),
+                    );
+                }
+            }
         }
         if self.running {
             series.running(-1.0);
@@ -926,6 +960,58 @@ mod tests {
         let mut out = String::new();
         d.metrics().render(&mut out);
         assert!(out.contains("error_code=\"ResourceExhausted\""));
+    }
+
+    #[test]
+    fn the_latency_model_learns_from_outcomes_and_reports_predictions_and_slo_misses() {
+        let ds = pool2();
+        let now = Instant::from_millis(5);
+        for e in &ds.snapshot().endpoints {
+            e.set_metrics(EndpointMetrics { update_time: Some(now), ..Default::default() });
+        }
+        let d = Arc::new(core(&ds, "igw-latency"));
+        let body = Bytes::from_static(br#"{"model":"m","prompt":"hello there","max_tokens":11,"stream":true}"#);
+        let head = [("x-llm-d-slo-ttft-ms", "20")];
+        for i in 0..4u64 {
+            let p = match build_request(
+                Some("/v1/completions"),
+                head,
+                Some(body.clone()),
+                &ds.snapshot(),
+                Draws::default(),
+            )
+            .unwrap()
+            {
+                Prepared::Inference(p) => *p,
+                Prepared::NoBody(_) => panic!("inference expected"),
+            };
+            let mut r = admitted(&d, &p, now);
+            let e = r.decide(&p, None, now).unwrap()[0].clone();
+            assert_eq!(r.decision().unwrap().predictions.len(), 1);
+            r.attempt(&e, now);
+            // TTFT 50 ms (past the 20 ms objective), then 10 tokens at 10 ms.
+            r.first_byte(Instant::from_millis(55));
+            let usage =
+                crate::usage::Usage { prompt_tokens: 3, completion_tokens: 11, total_tokens: 14, cached_tokens: 0 };
+            let summary =
+                ResponseSummary { status: Some(200), streaming: true, usage: Some(usage), ..Default::default() };
+            r.end(Some(&summary), Instant::from_millis(155 + i));
+        }
+        let model = d.scheduler().latency_model().unwrap();
+        let learned: u64 =
+            ds.snapshot().endpoints.iter().filter_map(|e| model.view(e.id())).map(|v| v.tpot_samples).sum();
+        assert_eq!(learned, 4, "every outcome trains the model");
+        assert_eq!(model.load(&[ds.snapshot().endpoints[0].id()]), vec![(0.0, 0.0)], "all load released");
+        let mut out = String::new();
+        d.metrics().render(&mut out);
+        assert!(out.contains("inference_objective_request_predicted_ttft_seconds_count 4"), "{out}");
+        assert!(out.contains("inference_objective_request_predicted_tpot_seconds_count 4"), "{out}");
+        assert!(out.contains("igw_latency_prediction_error_ratio_count{signal=\"ttft\"} 4"), "{out}");
+        assert!(
+            out.contains("inference_objective_request_slo_violation_total{model_name=\"m\",target_model_name=\"m\",type=\"ttft\"} 4"),
+            "{out}"
+        );
+        assert!(!out.contains("type=\"tpot\""), "no TPOT objective was stated: {out}");
     }
 
     fn long_prompt(ds: &Datastore) -> PreparedRequest {

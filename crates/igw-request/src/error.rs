@@ -16,6 +16,9 @@ pub const MSG_NO_CANDIDATES: &str = "failed to find endpoint candidates for serv
 pub const MSG_NO_ENDPOINTS: &str = "no pods available in datastore";
 /// Message when a sheddable request is dropped because the pool is saturated.
 pub const MSG_SATURATED: &str = "system saturated, sheddable request dropped";
+/// 429 body: a sheddable request no endpoint is predicted to serve within its SLO.
+pub const MSG_SLO_UNATTAINABLE: &str =
+    "no endpoint can meet the request's latency objective, sheddable request dropped";
 /// Message prefix when the scheduler finds no endpoint (the scheduler's reason follows).
 pub const MSG_SCHEDULE_FAILED: &str = "failed to find target endpoint";
 /// Message when an admission plugin denies a request.

@@ -67,6 +67,8 @@ pub const REQUEST_SIZE_BUCKETS: &[f64] = &[
 /// Buckets of the response size histogram (bytes), upstream's list as it is (32778 included).
 pub const RESPONSE_SIZE_BUCKETS: &[f64] =
     &[1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 32778.0, 65536.0];
+/// Buckets of the prediction error histogram (relative error).
+pub const PREDICTION_ERROR_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0];
 /// Buckets of the prefix hit ratio histogram.
 pub const HIT_RATIO_BUCKETS: &[f64] = &[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
 /// Buckets of the prefix hit length histogram (bytes).
@@ -168,6 +170,19 @@ pub struct RequestMetrics {
     pub prefix_hit_bytes: HistogramVec,
     /// `inference_extension_model_rewrite_decisions_total` {model_rewrite_name, model_name, target_model}.
     pub model_rewrite_decisions: IntCounterVec,
+    /// `inference_objective_request_predicted_ttft_seconds`: the pick's predicted TTFT.
+    pub predicted_ttft: HistogramVec,
+    /// `inference_objective_request_predicted_tpot_seconds`: the pick's predicted TPOT.
+    pub predicted_tpot: HistogramVec,
+    /// `inference_objective_request_slo_violation_total` {model_name, target_model_name, type}:
+    /// requests whose TTFT or TPOT exceeded the objective their headers stated.
+    pub slo_violation: IntCounterVec,
+    /// `igw_latency_prediction_error_ratio` {signal}: |predicted − observed| / observed.
+    pub prediction_error: HistogramVec,
+    predicted_ttft_one: Slot<Histogram>,
+    predicted_tpot_one: Slot<Histogram>,
+    error_ttft_one: Slot<Histogram>,
+    error_tpot_one: Slot<Histogram>,
     scheduler_e2e_one: Slot<Histogram>,
     prefix_size_one: Slot<Gauge>,
     hit_ratio_one: Slot<Histogram>,
@@ -297,6 +312,37 @@ impl RequestMetrics {
                 "Total number of model rewrite decisions.",
                 &["model_name", "model_rewrite_name", "target_model"],
             ),
+            predicted_ttft: histograms(
+                &r,
+                "inference_objective_request_predicted_ttft_seconds",
+                "Time to first token the latency model predicted on the chosen endpoint, in seconds.",
+                GENERAL_BUCKETS,
+                &[],
+            ),
+            predicted_tpot: histograms(
+                &r,
+                "inference_objective_request_predicted_tpot_seconds",
+                "Time per output token the latency model predicted on the chosen endpoint, in seconds.",
+                NTPOT_BUCKETS,
+                &[],
+            ),
+            slo_violation: counters(
+                &r,
+                "inference_objective_request_slo_violation_total",
+                "Requests whose time to first token or time per output token exceeded their SLO.",
+                &["model_name", "target_model_name", "type"],
+            ),
+            prediction_error: histograms(
+                &r,
+                "igw_latency_prediction_error_ratio",
+                "Absolute error of the latency model's prediction relative to the observed value.",
+                PREDICTION_ERROR_BUCKETS,
+                &["signal"],
+            ),
+            predicted_ttft_one: Slot::default(),
+            predicted_tpot_one: Slot::default(),
+            error_ttft_one: Slot::default(),
+            error_tpot_one: Slot::default(),
             registry: r,
             scheduler_e2e_one: Slot::default(),
             prefix_size_one: Slot::default(),
@@ -316,6 +362,24 @@ impl RequestMetrics {
     /// One scheduling decision took `secs`.
     pub fn scheduler_latency(&self, secs: f64) {
         observe(self.scheduler_e2e_one.get(|| self.scheduler_e2e.with_label_values(&[] as &[&str])), secs);
+    }
+
+    /// The chosen endpoint was predicted to answer with `ttft` seconds to the first token and
+    /// `tpot` seconds per output token.
+    pub fn predicted(&self, ttft: f64, tpot: f64) {
+        observe(self.predicted_ttft_one.get(|| self.predicted_ttft.with_label_values(&[] as &[&str])), ttft);
+        observe(self.predicted_tpot_one.get(|| self.predicted_tpot.with_label_values(&[] as &[&str])), tpot);
+    }
+
+    /// A finished request's prediction was off by `ttft` and `tpot` (relative errors, when
+    /// observable).
+    pub fn prediction_error(&self, ttft: Option<f64>, tpot: Option<f64>) {
+        if let Some(e) = ttft {
+            observe(self.error_ttft_one.get(|| self.prediction_error.with_label_values(&["ttft"])), e);
+        }
+        if let Some(e) = tpot {
+            observe(self.error_tpot_one.get(|| self.prediction_error.with_label_values(&["tpot"])), e);
+        }
     }
 
     /// The prefix index holds `entries`.
@@ -637,6 +701,16 @@ impl Series {
     /// A request of this series started (`+1.0`) or stopped (`-1.0`) running.
     pub fn running(&self, delta: f64) {
         self.running.get(|| self.request.running_requests.with_label_values(&[&self.key.model])).add(delta);
+    }
+
+    /// A request that stated an SLO missed its TTFT (`ttft`) or TPOT (`tpot`) objective.
+    pub fn slo_outcome(&self, ttft: bool, tpot: bool) {
+        let k = &self.key;
+        for (missed, kind) in [(ttft, "ttft"), (tpot, "tpot")] {
+            if missed {
+                self.request.slo_violation.with_label_values(&[&k.model, &k.target_model, kind]).inc();
+            }
+        }
     }
 
     /// A request was served in `secs` with a response of `response_bytes` and `usage`.

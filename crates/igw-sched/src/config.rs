@@ -39,6 +39,9 @@ pub const ACCEPTED_TYPES: &[&str] = &[
     "static-usage-limit-policy",
     "single-profile-handler",
     "request-attribute-reporter",
+    // The predicted-latency picker admits by SLO itself (a sheddable request no endpoint can serve
+    // within its SLO gets 429): the admitter is accepted as the statement of that intent.
+    "latency-slo-admitter",
     // Conformance test plugins: they configure the ext_proc adapter (steering header, served
     // endpoint verifier), not the scheduler; see [`EndpointPickerConfig::has_plugin_type`].
     "header-based-testing-filter",
@@ -241,8 +244,29 @@ struct DetectorParams {
     headroom: Option<f64>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct LatencyParams {
+    /// Forgetting factor of each endpoint's model, (0.5, 1].
+    forgetting: Option<f64>,
+    /// Samples before an endpoint's own model is trusted fully.
+    trust_samples: Option<u32>,
+    /// Probability of an exploring pick, [0, 0.5].
+    exploration_probability: Option<f64>,
+    /// Cold-start TTFT of a tiny prompt on an idle engine, ms.
+    prior_ttft_base_ms: Option<f64>,
+    /// Cold-start prefill time per uncached prompt token, µs.
+    prior_prefill_per_token_us: Option<f64>,
+    /// Cold-start decode step of a batch of one, ms.
+    prior_step_ms: Option<f64>,
+    /// Cold-start extra TTFT per request queued ahead, ms.
+    prior_wait_per_request_ms: Option<f64>,
+}
+
 enum Built {
     Scorer(Scorer, Option<PrefixConfig>),
+    /// `latency-scorer` / `predicted-latency-producer`: the predicted-latency picker.
+    Latency(Option<crate::latency::LatencyConfig>),
     Picker(Picker),
     Detector(UtilizationDetector),
     Other,
@@ -305,6 +329,45 @@ fn build(p: &Spanned<PluginSpec>, name: &str) -> Result<Built, ConfigError> {
             Built::Scorer(Scorer::Prefix, Some(cfg))
         }
         "session-affinity-scorer" => Built::Scorer(Scorer::SessionAffinity, None),
+        "latency-scorer" => Built::Latency(None),
+        "predicted-latency-producer" => {
+            let q: LatencyParams = params(p, name)?;
+            let bad = |reason: String| ConfigError::Parameters {
+                name: name.into(),
+                kind: kind.into(),
+                line: p.defined.line(),
+                reason,
+            };
+            let mut c = crate::latency::LatencyConfig::default();
+            if let Some(f) = q.forgetting {
+                if !(f > 0.5 && f <= 1.0) {
+                    return Err(bad(format!("forgetting must be in (0.5, 1], not {f}")));
+                }
+                c.forgetting = f;
+            }
+            c.trust_samples = q.trust_samples.unwrap_or(c.trust_samples);
+            if let Some(e) = q.exploration_probability {
+                if !(0.0..=0.5).contains(&e) {
+                    return Err(bad(format!("explorationProbability must be in [0, 0.5], not {e}")));
+                }
+                c.exploration = e;
+            }
+            let positive = |v: Option<f64>, what: &str, scale: f64, slot: &mut f64| -> Result<(), ConfigError> {
+                match v {
+                    Some(x) if x.is_finite() && x > 0.0 => {
+                        *slot = x * scale;
+                        Ok(())
+                    }
+                    Some(x) => Err(bad(format!("{what} must be a positive number, not {x}"))),
+                    None => Ok(()),
+                }
+            };
+            positive(q.prior_ttft_base_ms, "priorTtftBaseMs", 1e-3, &mut c.prior.ttft_base_s)?;
+            positive(q.prior_prefill_per_token_us, "priorPrefillPerTokenUs", 1e-6, &mut c.prior.prefill_per_token_s)?;
+            positive(q.prior_step_ms, "priorStepMs", 1e-3, &mut c.prior.step_s)?;
+            positive(q.prior_wait_per_request_ms, "priorWaitPerRequestMs", 1e-3, &mut c.prior.wait_per_request_s)?;
+            Built::Latency(Some(c))
+        }
         "load-aware-scorer" => {
             let t: LoadAwareParams = params(p, name)?;
             Built::Scorer(Scorer::LoadAware { threshold: t.threshold.unwrap_or(128) }, None)
@@ -433,6 +496,7 @@ impl EndpointPickerConfig {
         let mut scorers = Vec::new();
         let mut picker = None;
         let mut prefix = None;
+        let mut latency = false;
         for r in &refs {
             let (built, _) = plugins
                 .get(&r.plugin_ref)
@@ -445,8 +509,35 @@ impl EndpointPickerConfig {
                     scorers.push((*s, r.weight.unwrap_or(1.0)));
                 }
                 Built::Picker(p) => picker = Some(*p),
+                Built::Latency(_) => latency = true,
                 Built::Detector(_) | Built::Other => {}
             }
+        }
+        // The predicted-latency picker decides alone: every signal is already in its seconds.
+        let latency_config = plugins.values().find_map(|(b, _)| match b {
+            Built::Latency(Some(c)) => Some(*c),
+            _ => None,
+        });
+        if latency {
+            if let Some((s, _)) = scorers.iter().find(|(s, _)| *s != Scorer::Prefix) {
+                return Err(ConfigError::Invalid(format!(
+                    "latency-scorer ranks endpoints by predicted latency alone; remove {} from its profile \
+                     (queue, KV and LoRA load are inputs of the prediction)",
+                    s.type_name()
+                )));
+            }
+            let mut sched = Scheduler::new(
+                name,
+                vec![],
+                Picker::PredictedLatency,
+                prefix.or_else(|| Some(PrefixConfig::default())),
+            )
+            .with_in_flight_blending(true)
+            .with_staleness_filter(Some(Duration::from_secs(1)));
+            if let Some(c) = latency_config {
+                sched = sched.with_latency_config(c);
+            }
+            return Ok(sched);
         }
         let picker = picker
             .or_else(|| plugins.values().find_map(|(b, _)| if let Built::Picker(p) = b { Some(*p) } else { None }));
@@ -511,6 +602,37 @@ mod tests {
     fn fixture(name: &str) -> String {
         let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/upstream/epp-config/");
         std::fs::read_to_string(format!("{p}{name}")).unwrap()
+    }
+
+    #[test]
+    fn latency_scorer_builds_the_predicted_latency_picker() {
+        let text = "apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: predicted-latency-producer
+  parameters: {forgetting: 0.98, explorationProbability: 0.0, priorStepMs: 20}
+- type: latency-scorer
+- type: prefix-cache-scorer
+  parameters: {blockSizeTokens: 32}
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: latency-scorer
+  - pluginRef: prefix-cache-scorer
+";
+        let s = scheduler_from_yaml(text).unwrap();
+        assert_eq!(s.picker(), Picker::PredictedLatency);
+        let c = s.latency_model().unwrap().config();
+        assert_eq!((c.forgetting, c.exploration, c.prior.step_s), (0.98, 0.0, 0.02));
+        assert_eq!(s.prefix_index().unwrap().config().block_size_tokens, 32);
+        let mixed = text
+            .replace("  - pluginRef: prefix-cache-scorer\n", "  - pluginRef: queue-scorer\n")
+            .replace("- type: latency-scorer\n", "- type: latency-scorer\n- type: queue-scorer\n");
+        let e = scheduler_from_yaml(&mixed).unwrap_err().to_string();
+        assert!(e.contains("queue-scorer") && e.contains("latency-scorer"), "{e}");
+        let bad = text.replace("forgetting: 0.98", "forgetting: 2");
+        let e = scheduler_from_yaml(&bad).unwrap_err().to_string();
+        assert!(e.contains("forgetting") && e.contains("line 4"), "{e}");
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! - [`scoring`]: upstream's scorers and igw's in-flight blending.
 //! - [`config`]: the upstream `EndpointPickerConfig` file.
 //! - [`legacy`]: the v0.3 filter tree (`legacy-filter-tree`).
+//! - [`latency`]: the predicted-latency model (TTFT and TPOT per endpoint, learned online).
+//! - [`slo`]: a request's latency objective from its headers.
 //! - [`wait`]: expected wait per endpoint (in-flight work ÷ learned service rate).
 //! - [`detector`]: the utilization saturation detector used for shedding.
 //! - [`prefix`]: the approximate prefix-cache index.
@@ -16,12 +18,14 @@ pub mod bench;
 pub mod config;
 pub mod detector;
 pub mod flow;
+pub mod latency;
 pub mod legacy;
 pub mod peers;
 pub mod prefix;
 pub mod scheduler;
 pub mod scoring;
 pub mod session;
+pub mod slo;
 pub mod wait;
 
 pub use scheduler::{Decision, POLICY_NAMES, Picker, ScheduleError, Scheduler, UnknownPolicy};

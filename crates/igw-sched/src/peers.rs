@@ -80,6 +80,61 @@ impl CacheAware {
     }
 }
 
+/// Dynamo's KV router cost (`../shared/spec/kv-events-pd.md` §3.3) with its defaults (overlap
+/// credit 1.0, prefill load scale 1, temperature 0: the argmin), over router-local load:
+///
+/// ```text
+/// cost = max(active prefill blocks + prompt blocks − overlap blocks, 0)
+///      + active decode blocks + prompt blocks
+/// ```
+/// A request's prompt blocks count as prefill load from routing to its first token (Dynamo's
+/// `--router-track-prefill-tokens`) and as decode load until it ends; output blocks are not
+/// tracked (`--router-track-output-blocks` is off by default). The overlap comes from igw's
+/// approximate index, as Dynamo's approximate mode (`--no-router-kv-events`).
+#[derive(Debug, Default)]
+pub struct DynamoKv {
+    load: Mutex<HashMap<EndpointId, (f64, f64)>>,
+}
+
+impl DynamoKv {
+    /// The cost of sending a prompt of `prompt_blocks` blocks, `overlap` of them cached, to
+    /// `endpoint`.
+    pub fn cost(&self, endpoint: EndpointId, prompt_blocks: f64, overlap: f64) -> f64 {
+        let (prefill, decode) = self.load.lock().get(&endpoint).copied().unwrap_or_default();
+        (prefill + prompt_blocks - overlap).max(0.0) + decode + prompt_blocks
+    }
+
+    /// A request of `blocks` prompt blocks was sent to `endpoint`.
+    pub fn add(&self, endpoint: EndpointId, blocks: f64) {
+        let mut m = self.load.lock();
+        let e = m.entry(endpoint).or_default();
+        e.0 += blocks;
+        e.1 += blocks;
+    }
+
+    /// Its first token arrived: its prompt no longer counts as prefill load.
+    pub fn prefilled(&self, endpoint: EndpointId, blocks: f64) {
+        if let Some(e) = self.load.lock().get_mut(&endpoint) {
+            e.0 = (e.0 - blocks).max(0.0);
+        }
+    }
+
+    /// It ended (or its attempt failed); `prefilling` when its first token never arrived.
+    pub fn release(&self, endpoint: EndpointId, blocks: f64, prefilling: bool) {
+        if let Some(e) = self.load.lock().get_mut(&endpoint) {
+            if prefilling {
+                e.0 = (e.0 - blocks).max(0.0);
+            }
+            e.1 = (e.1 - blocks).max(0.0);
+        }
+    }
+
+    /// Forgets endpoints for which `keep` is false.
+    pub fn retain(&self, keep: impl Fn(EndpointId) -> bool) {
+        self.load.lock().retain(|id, _| keep(*id));
+    }
+}
+
 /// Power of two choices over router-local in-flight requests: the index of the lighter of two
 /// distinct uniformly drawn candidates (0 with fewer than two).
 pub fn power_of_two<R: Rng + ?Sized>(endpoints: &[Arc<Endpoint>], rng: &mut R) -> usize {
@@ -128,6 +183,24 @@ mod tests {
             eps[first].in_flight().add(1);
         }
         assert_ne!(pick(&format!("{sys} question three")), first, "imbalance goes to the least loaded");
+    }
+
+    #[test]
+    fn dynamo_cost_trades_overlap_against_load() {
+        let d = DynamoKv::default();
+        let (a, b) = (EndpointId(0), EndpointId(1));
+        // 100-block prompt, 80 cached on a: a costs 20 + 100, b costs 100 + 100.
+        assert_eq!(d.cost(a, 100.0, 80.0), 120.0);
+        assert_eq!(d.cost(b, 100.0, 0.0), 200.0);
+        d.add(a, 100.0);
+        d.add(a, 100.0);
+        assert_eq!(d.cost(a, 100.0, 80.0), 520.0, "two prompts still prefilling on a");
+        d.prefilled(a, 100.0);
+        d.prefilled(a, 100.0);
+        assert_eq!(d.cost(a, 100.0, 80.0), 320.0, "prefilled: decode load only");
+        d.release(a, 100.0, false);
+        d.release(a, 100.0, false);
+        assert_eq!(d.cost(a, 100.0, 80.0), 120.0);
     }
 
     #[test]

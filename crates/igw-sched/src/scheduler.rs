@@ -14,8 +14,10 @@ use rand::Rng;
 use rand::seq::SliceRandom;
 
 use crate::detector::UtilizationDetector;
+use crate::latency::{Features, LatencyConfig, LatencyModel, Observed, Prediction};
 use crate::prefix::{PrefixConfig, PrefixIndex, PrefixMatch, hash_prompt};
 use crate::scoring::{Candidate, ScoreInput, Scorer, unseen_in_flight};
+pub use crate::slo::Slo;
 use crate::wait::{WaitConfig, WaitTracker};
 
 /// How the scored candidates become a pick.
@@ -34,6 +36,12 @@ pub enum Picker {
     PowerOfTwo,
     /// SGLang router's `cache_aware` ([`crate::peers::CacheAware`]).
     CacheAware,
+    /// Dynamo's KV router cost ([`crate::peers::DynamoKv`]): the lowest
+    /// `prefill blocks − overlap + decode blocks`.
+    DynamoKv,
+    /// The lowest predicted end-to-end latency ([`crate::latency`]), among the endpoints that meet
+    /// the request's SLO when some do.
+    PredictedLatency,
 }
 
 /// Why no endpoint was chosen.
@@ -45,6 +53,9 @@ pub enum ScheduleError {
     /// A sheddable request (priority < 0) arrived while the pool is saturated (→ 429).
     #[error("system saturated, sheddable request dropped")]
     Saturated,
+    /// A sheddable request that no endpoint is predicted to serve within its SLO (→ 429).
+    #[error("no endpoint can meet the request's latency objective, sheddable request dropped")]
+    SloUnattainable,
 }
 
 /// The result of one decision.
@@ -59,10 +70,19 @@ pub struct Decision {
     pub prefix_hashes: Vec<u64>,
     /// Estimated tokens of work, added to and later released from the in-flight load.
     pub tokens: u64,
+    /// Estimated prompt tokens.
+    pub input_tokens: u64,
     /// Prefix blocks of the prompt that were looked up (0 when prefix scoring is off).
     pub prefix_blocks: usize,
     /// Of those, the blocks the index holds for the primary endpoint (its cache hit).
     pub prefix_matched_blocks: u32,
+    /// The latency model's prediction on each returned endpoint (same order), when the policy
+    /// predicts; the outcome is learned against it.
+    pub predictions: Vec<Prediction>,
+    /// The request's latency objective (from its headers), if any.
+    pub slo: Slo,
+    /// Output tokens the decision assumed (`max_tokens`, or the learned mean).
+    pub output_tokens: f64,
 }
 
 impl Decision {
@@ -70,6 +90,13 @@ impl Decision {
     /// scoring is on.
     pub fn prefix_hit_ratio(&self) -> Option<f64> {
         (self.prefix_blocks > 0).then(|| f64::from(self.prefix_matched_blocks) / self.prefix_blocks as f64)
+    }
+
+    /// The prediction made for `endpoint`, if it is one of the returned endpoints and the
+    /// policy predicts.
+    pub fn prediction_for(&self, endpoint: &Endpoint) -> Option<&Prediction> {
+        let i = self.endpoints.iter().position(|e| e.id() == endpoint.id())?;
+        self.predictions.get(i)
     }
 }
 
@@ -88,6 +115,8 @@ pub struct Scheduler {
     rr: AtomicUsize,
     wait: Option<WaitTracker>,
     cache_aware: Option<crate::peers::CacheAware>,
+    dynamo: Option<crate::peers::DynamoKv>,
+    latency: Option<LatencyModel>,
 }
 
 /// The policies selectable by name.
@@ -101,6 +130,8 @@ pub const POLICY_NAMES: &[&str] = &[
     "least-queue",
     "power-of-two",
     "sglang-cache-aware",
+    "dynamo-kv",
+    "igw-latency",
 ];
 
 /// Why a policy could not be built.
@@ -123,7 +154,22 @@ impl Scheduler {
             rr: AtomicUsize::new(0),
             wait: None,
             cache_aware: (picker == Picker::CacheAware).then(crate::peers::CacheAware::new),
+            dynamo: (picker == Picker::DynamoKv).then(crate::peers::DynamoKv::default),
+            latency: (picker == Picker::PredictedLatency).then(|| LatencyModel::new(LatencyConfig::default())),
         }
+    }
+
+    /// The latency model's configuration (a [`Picker::PredictedLatency`] scheduler only).
+    pub fn with_latency_config(mut self, config: LatencyConfig) -> Self {
+        if self.latency.is_some() {
+            self.latency = Some(LatencyModel::new(config));
+        }
+        self
+    }
+
+    /// The latency model, when the policy predicts.
+    pub fn latency_model(&self) -> Option<&LatencyModel> {
+        self.latency.as_ref()
     }
 
     /// Blend the picker's own in-flight counts into the queue signal (see
@@ -225,6 +271,13 @@ impl Scheduler {
             "least-queue" => Scheduler::new(name, vec![(Scorer::Queue, 1.0)], Picker::MaxScore, None),
             "power-of-two" => Scheduler::new(name, vec![], Picker::PowerOfTwo, None),
             "sglang-cache-aware" => Scheduler::new(name, vec![], Picker::CacheAware, None),
+            // Dynamo's KV router with its defaults (credit 1.0, prefill load scale 1, temperature 0)
+            // over igw's approximate index (Dynamo's approximate mode, without KV events).
+            "dynamo-kv" => Scheduler::new(name, vec![], Picker::DynamoKv, Some(PrefixConfig::default())),
+            // Predicted latency: every signal in seconds, learned per endpoint.
+            "igw-latency" => Scheduler::new(name, vec![], Picker::PredictedLatency, Some(PrefixConfig::default()))
+                .with_in_flight_blending(true)
+                .with_staleness_filter(Some(Duration::from_secs(1))),
             other => return Err(UnknownPolicy(other.to_string())),
         })
     }
@@ -315,6 +368,13 @@ impl Scheduler {
             None => (Vec::new(), None),
         };
         let max = max.clamp(1, cands.len());
+        let slo = Slo::from_request(req);
+        let output_tokens = match (req.max_tokens, self.latency.as_ref().and_then(LatencyModel::mean_output_tokens)) {
+            (Some(m), _) => f64::from(m.max(1)),
+            (None, Some(mean)) => mean,
+            (None, None) => (tokens - req.estimated_input_tokens()) as f64,
+        };
+        let mut preds: Vec<Prediction> = Vec::new();
         let order = match self.picker {
             Picker::Random => {
                 cands.shuffle(rng);
@@ -338,6 +398,29 @@ impl Scheduler {
                 cands[..=first].rotate_right(1);
                 None
             }
+            Picker::DynamoKv => {
+                let block = self.prefix.as_ref().map_or(16, |i| i.config().block_size_tokens.max(1)) as f64;
+                let model = self.dynamo.as_ref();
+                Some(
+                    cands
+                        .iter()
+                        .map(|c| {
+                            let overlap = matched.as_ref().map_or(0, |m| m.matched(c.endpoint.id()));
+                            -model.map_or(0.0, |d| {
+                                d.cost(c.endpoint.id(), req.estimated_input_tokens() as f64 / block, f64::from(overlap))
+                            })
+                        })
+                        .collect(),
+                )
+            }
+            Picker::PredictedLatency => {
+                let (totals, p) = self.predict(req, &cands, matched.as_ref(), &slo, output_tokens);
+                preds = p;
+                if req.is_sheddable() && slo.is_set() && !totals.iter().any(|t| *t > -INFEASIBLE) {
+                    return Err(ScheduleError::SloUnattainable);
+                }
+                Some(totals)
+            }
             Picker::MaxScore => Some(self.score(req, &cands, matched.as_ref())),
             Picker::WeightedRandom => {
                 let totals = self.score(req, &cands, matched.as_ref());
@@ -356,7 +439,13 @@ impl Scheduler {
                 let mut idx: Vec<usize> = (0..cands.len()).collect();
                 idx.shuffle(rng);
                 idx.sort_by(|a, b| totals[*b].total_cmp(&totals[*a]));
+                if let Some(model) = &self.latency {
+                    explore(&mut idx, &totals, model.config().exploration, rng);
+                }
                 idx.truncate(max);
+                if !preds.is_empty() {
+                    preds = idx.iter().map(|&i| preds[i]).collect();
+                }
                 (idx.iter().map(|&i| cands[i].endpoint.clone()).collect(), idx.iter().map(|&i| totals[i]).collect())
             }
         };
@@ -367,8 +456,55 @@ impl Scheduler {
             prefix_blocks: if self.prefix.is_some() { hashes.len() } else { 0 },
             prefix_hashes: hashes,
             tokens,
+            input_tokens: req.estimated_input_tokens(),
             prefix_matched_blocks,
+            predictions: preds,
+            slo,
+            output_tokens,
         })
+    }
+
+    /// Predicts every candidate and ranks them: the total is minus the predicted end-to-end
+    /// seconds, less [`INFEASIBLE`] for a candidate predicted to miss the request's SLO.
+    fn predict(
+        &self,
+        req: &InferenceRequest,
+        cands: &[Candidate],
+        matched: Option<&PrefixMatch>,
+        slo: &Slo,
+        output_tokens: f64,
+    ) -> (Vec<f64>, Vec<Prediction>) {
+        let Some(model) = &self.latency else { return (vec![0.0; cands.len()], Vec::new()) };
+        let input = req.estimated_input_tokens() as f64;
+        let block = self.prefix.as_ref().map_or(0, |i| i.config().block_size_tokens) as f64;
+        let ids: Vec<igw_core::EndpointId> = cands.iter().map(|c| c.endpoint.id()).collect();
+        let load = model.load(&ids);
+        // A LoRA request: some candidate holds the target as an adapter (a base-model request,
+        // or an adapter nobody has loaded, costs the same everywhere).
+        let target = req.target_model.as_str();
+        let adapter = cands.iter().any(|c| c.metrics.has_adapter(target)).then_some(target);
+        let features: Vec<Features> = cands
+            .iter()
+            .zip(&load)
+            .map(|(c, &(prefilling, context))| {
+                let cached = matched.map_or(0.0, |m| f64::from(m.matched(c.endpoint.id())) * block);
+                Features::of(&c.metrics, c.unseen, input - cached.min(input), prefilling, context, adapter)
+            })
+            .collect();
+        let mut preds = Vec::with_capacity(cands.len());
+        model.predict_all(&ids, &features, &mut preds);
+        let totals = preds
+            .iter()
+            .zip(cands)
+            .map(|(p, c)| {
+                // An idle endpoint is never ruled out by its prediction (a model can be wrong;
+                // an idle engine is the best any request can get).
+                let idle = c.metrics.waiting == 0 && c.metrics.running == 0 && c.unseen == 0;
+                let miss = !idle && !slo.met_by(p);
+                -(p.e2e_s(output_tokens) + p.imposed_s()) - if miss { INFEASIBLE } else { 0.0 }
+            })
+            .collect();
+        (totals, preds)
     }
 
     fn score(&self, req: &InferenceRequest, cands: &[Candidate], prefix: Option<&PrefixMatch>) -> Vec<f64> {
@@ -401,6 +537,12 @@ impl Scheduler {
     /// back if the attempt never reaches the endpoint.
     pub fn on_attempt(&self, decision: &Decision, endpoint: &Arc<Endpoint>, added: Option<&mut Vec<u64>>) {
         endpoint.in_flight().add(decision.tokens);
+        if let Some(d) = &self.dynamo {
+            d.add(endpoint.id(), self.dynamo_blocks(decision));
+        }
+        if let Some(m) = &self.latency {
+            m.sent(endpoint.id(), uncached_on(decision, endpoint), decision.tokens as f64);
+        }
         if decision.prefix_hashes.is_empty() {
             return;
         }
@@ -421,17 +563,66 @@ impl Scheduler {
     /// was done there.
     pub fn on_attempt_failed(&self, decision: &Decision, endpoint: &Arc<Endpoint>, added: &[u64]) {
         endpoint.in_flight().release(decision.tokens);
+        if let Some(d) = &self.dynamo {
+            d.release(endpoint.id(), self.dynamo_blocks(decision), true);
+        }
+        if let Some(m) = &self.latency {
+            m.prefilled(endpoint.id(), uncached_on(decision, endpoint));
+            m.ended(endpoint.id(), decision.tokens as f64);
+        }
         if let Some(index) = &self.prefix {
             index.forget(endpoint.id(), added);
         }
     }
 
+    /// The first token of a request sent to `endpoint` arrived: its prefill is done (Dynamo's
+    /// model stops counting its prompt as prefill load).
+    pub fn on_first_token(&self, decision: &Decision, endpoint: &Arc<Endpoint>) {
+        if let Some(d) = &self.dynamo {
+            d.prefilled(endpoint.id(), self.dynamo_blocks(decision));
+        }
+        if let Some(m) = &self.latency {
+            m.prefilled(endpoint.id(), uncached_on(decision, endpoint));
+        }
+    }
+
     /// Releases the in-flight load of a request sent to `endpoint`.
     pub fn on_finished(&self, decision: &Decision, endpoint: &Arc<Endpoint>) {
+        self.on_finished_observed(decision, endpoint, None, false);
+    }
+
+    /// [`Self::on_finished`] with what the response showed: the latency model learns from it
+    /// (`seen`; `None` when no usable response arrived). `first_token` says whether
+    /// [`Self::on_first_token`] was called for this attempt.
+    pub fn on_finished_observed(
+        &self,
+        decision: &Decision,
+        endpoint: &Arc<Endpoint>,
+        seen: Option<&Observed>,
+        first_token: bool,
+    ) {
         endpoint.in_flight().release(decision.tokens);
         if let Some(w) = &self.wait {
             w.on_finished(endpoint.id(), decision.tokens);
         }
+        if let Some(d) = &self.dynamo {
+            d.release(endpoint.id(), self.dynamo_blocks(decision), !first_token);
+        }
+        if let Some(model) = &self.latency {
+            if !first_token {
+                model.prefilled(endpoint.id(), uncached_on(decision, endpoint));
+            }
+            model.ended(endpoint.id(), decision.tokens as f64);
+            if let (Some(seen), Some(p)) = (seen, decision.prediction_for(endpoint)) {
+                model.observe(endpoint.id(), p, seen);
+            }
+        }
+    }
+
+    /// A request's prompt blocks as Dynamo's model counts them.
+    fn dynamo_blocks(&self, decision: &Decision) -> f64 {
+        let block = self.prefix.as_ref().map_or(16, |i| i.config().block_size_tokens.max(1)) as f64;
+        (decision.input_tokens as f64 / block).ceil()
     }
 
     /// Drops prefix and wait-tracking state of endpoints no longer present.
@@ -442,9 +633,40 @@ impl Scheduler {
         if let Some(m) = &self.cache_aware {
             m.retain(&keep);
         }
+        if let Some(m) = &self.dynamo {
+            m.retain(&keep);
+        }
+        if let Some(m) = &self.latency {
+            m.retain(&keep);
+        }
         if let Some(index) = &self.prefix {
             index.retain(keep);
         }
+    }
+}
+
+/// The prompt tokens `endpoint` was expected to prefill for `decision` (the whole prompt when the
+/// decision did not predict there).
+fn uncached_on(decision: &Decision, endpoint: &Endpoint) -> f64 {
+    decision.prediction_for(endpoint).map_or(decision.input_tokens as f64, |p| p.features.uncached_tokens)
+}
+
+/// Subtracted from a candidate's total when it is predicted to miss the request's SLO: every
+/// candidate that meets it ranks first.
+pub const INFEASIBLE: f64 = 1e9;
+
+/// Exploration: with probability `p`, a uniformly drawn candidate among those predicted within
+/// 1.5× of the best (and as feasible as the best) becomes the primary; the rest keep their order.
+fn explore<R: Rng + ?Sized>(idx: &mut [usize], totals: &[f64], p: f64, rng: &mut R) {
+    if idx.len() < 2 || !(p > 0.0 && rng.random::<f64>() < p) {
+        return;
+    }
+    let best = totals[idx[0]];
+    let bound = if best > -INFEASIBLE { 1.5 * best } else { best - 0.5 * (best + INFEASIBLE).abs() };
+    let close = idx.iter().take_while(|&&i| totals[i] >= bound).count();
+    if close > 1 {
+        let j = rng.random_range(0..close);
+        idx[..=j].rotate_right(1);
     }
 }
 
@@ -461,6 +683,7 @@ pub fn a_res_key(score: f64, u: f64) -> f64 {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::latency::{LatencyConfig, Observed};
     use igw_core::{Datastore, EndpointMeta, EndpointMetrics};
     use rand::SeedableRng;
     use rand::rngs::SmallRng;
@@ -620,6 +843,154 @@ mod tests {
         assert_eq!(s.endpoints[0].in_flight().tokens(), 0, "finishing releases the work");
         set(&s.endpoints[0], 0, 0.5, now);
         let d = sched.schedule(&short, &s.endpoints, 2, now, &mut rng).unwrap();
+        assert_eq!(d.endpoints[0].id().0, 0);
+    }
+
+    fn set_full(ep: &Endpoint, waiting: u32, running: u32, now: Instant) {
+        ep.set_metrics(EndpointMetrics { waiting, running, update_time: Some(now), ..Default::default() });
+    }
+
+    #[test]
+    fn igw_latency_trades_a_cache_hit_against_a_queue_in_seconds() {
+        let ds = pool(3);
+        let s = ds.snapshot();
+        let now = Instant::from_millis(10);
+        for e in &s.endpoints {
+            set_full(e, 0, 0, now);
+        }
+        let sched = Scheduler::from_policy("igw-latency")
+            .unwrap()
+            .with_latency_config(LatencyConfig { exploration: 0.0, ..Default::default() });
+        let mut rng = SmallRng::seed_from_u64(4);
+        // A 4,000-token system prompt cached on endpoint 0.
+        let system = "tool preamble ".repeat(1_150);
+        let req = |q: u32| InferenceRequest {
+            max_tokens: Some(100),
+            ..InferenceRequest::text("m", &format!("{system} question {q}"))
+        };
+        let first = sched.schedule(&req(0), &s.endpoints[..1], 1, now, &mut rng).unwrap();
+        sched.on_routed(&first, &s.endpoints[0]);
+        sched.on_first_token(&first, &s.endpoints[0]);
+        sched.on_finished(&first, &s.endpoints[0]);
+        // All idle: the hit saves ≈0.1 s of prefill, so the request follows its prefix.
+        let d = sched.schedule(&req(1), &s.endpoints, 3, now, &mut rng).unwrap();
+        assert_eq!(d.endpoints[0].id().0, 0, "{:?}", d.predictions);
+        assert!(d.predictions[0].ttft_s + 0.05 < d.predictions[1].ttft_s, "{:?}", d.predictions);
+        assert_eq!(d.predictions.len(), 3);
+        assert_eq!(d.output_tokens, 100.0);
+        // Eight requests queued there cost more than the prefill it saves: go elsewhere.
+        set_full(&s.endpoints[0], 8, 40, now);
+        let d = sched.schedule(&req(2), &s.endpoints, 3, now, &mut rng).unwrap();
+        assert_ne!(d.endpoints[0].id().0, 0, "{:?}", d.predictions);
+        assert_eq!(d.endpoints[2].id().0, 0, "the queued endpoint is the last fallback");
+        // upstream-default's weights keep following the prefix into the queue.
+        let up = Scheduler::from_policy("upstream-default").unwrap();
+        let f = up.schedule(&req(0), &s.endpoints[..1], 1, now, &mut rng).unwrap();
+        up.on_routed(&f, &s.endpoints[0]);
+        let d = up.schedule(&req(3), &s.endpoints, 3, now, &mut rng).unwrap();
+        assert_eq!(d.endpoints[0].id().0, 0);
+    }
+
+    #[test]
+    fn igw_latency_learns_a_slow_endpoint_from_outcomes() {
+        let ds = pool(2);
+        let s = ds.snapshot();
+        let now = Instant::from_millis(10);
+        for e in &s.endpoints {
+            set_full(e, 0, 4, now);
+        }
+        let sched = Scheduler::from_policy("igw-latency")
+            .unwrap()
+            .with_latency_config(LatencyConfig { exploration: 0.0, ..Default::default() });
+        let mut rng = SmallRng::seed_from_u64(5);
+        let req = InferenceRequest { max_tokens: Some(50), ..InferenceRequest::text("m", &"x".repeat(2_000)) };
+        // Endpoint 1 answers three times slower than endpoint 0.
+        for i in 0..60 {
+            let e = &s.endpoints[i % 2];
+            let d = sched.schedule(&req, std::slice::from_ref(e), 1, now, &mut rng).unwrap();
+            sched.on_routed(&d, e);
+            let k = if i % 2 == 0 { 1.0 } else { 3.0 };
+            let seen = Observed {
+                ttft_s: Some(k * 0.03),
+                e2e_s: k * (0.03 + 49.0 * 0.008),
+                completion_tokens: 50,
+                cached_tokens: None,
+                prompt_tokens: 500,
+            };
+            sched.on_first_token(&d, e);
+            sched.on_finished_observed(&d, e, Some(&seen), true);
+        }
+        let model = sched.latency_model().unwrap();
+        let (fast, slow) = (model.view(s.endpoints[0].id()).unwrap(), model.view(s.endpoints[1].id()).unwrap());
+        assert_eq!(fast.ttft_samples, 30);
+        let (t, d) = (slow.ttft_factor / fast.ttft_factor, slow.tpot_factor / fast.tpot_factor);
+        assert!((2.5..3.5).contains(&t) && (2.5..3.5).contains(&d), "{fast:?} {slow:?}");
+        // Endpoint 0 now takes the request even with a few more running.
+        set_full(&s.endpoints[0], 0, 8, now);
+        let d = sched.schedule(&req, &s.endpoints, 2, now, &mut rng).unwrap();
+        assert_eq!(d.endpoints[0].id().0, 0, "{:?}", d.predictions);
+        assert!(d.predictions[1].e2e_s(50.0) > 2.0 * d.predictions[0].e2e_s(50.0), "{:?}", d.predictions);
+        assert_eq!(s.endpoints[0].in_flight().requests(), 0, "every attempt was released");
+        assert_eq!(model.load(&[s.endpoints[0].id()]), vec![(0.0, 0.0)]);
+    }
+
+    #[test]
+    fn a_sheddable_request_no_endpoint_can_serve_within_its_slo_is_refused() {
+        let ds = pool(2);
+        let s = ds.snapshot();
+        let now = Instant::from_millis(10);
+        for e in &s.endpoints {
+            set_full(e, 20, 50, now);
+        }
+        let sched = Scheduler::from_policy("igw-latency").unwrap();
+        let mut rng = SmallRng::seed_from_u64(6);
+        let mut req = InferenceRequest::text("m", "hi");
+        req.headers = vec![(crate::slo::TTFT_HEADER.into(), "50".into())];
+        req.priority = -1;
+        let e = sched.schedule(&req, &s.endpoints, 1, now, &mut rng).unwrap_err();
+        assert_eq!(e, ScheduleError::SloUnattainable);
+        // Not sheddable: scheduled anyway, on the best endpoint.
+        req.priority = 0;
+        let d = sched.schedule(&req, &s.endpoints, 1, now, &mut rng).unwrap();
+        assert_eq!(d.slo.ttft_s, Some(0.05));
+        // An idle endpoint always counts as able to meet it.
+        req.priority = -1;
+        set_full(&s.endpoints[1], 0, 0, now);
+        let d = sched.schedule(&req, &s.endpoints, 2, now, &mut rng).unwrap();
+        assert_eq!(d.endpoints[0].id().0, 1);
+        // No SLO stated: nothing is refused.
+        set_full(&s.endpoints[1], 20, 50, now);
+        req.headers.clear();
+        assert!(sched.schedule(&req, &s.endpoints, 1, now, &mut rng).is_ok());
+    }
+
+    #[test]
+    fn dynamo_kv_follows_the_overlap_until_load_outweighs_it() {
+        let ds = pool(2);
+        let s = ds.snapshot();
+        let now = Instant::from_millis(10);
+        let sched = Scheduler::from_policy("dynamo-kv").unwrap();
+        let mut rng = SmallRng::seed_from_u64(7);
+        let system = "shared ".repeat(600);
+        let req = |q: u32| InferenceRequest::text("m", &format!("{system} q{q}"));
+        let first = sched.schedule(&req(0), &s.endpoints[..1], 1, now, &mut rng).unwrap();
+        sched.on_routed(&first, &s.endpoints[0]);
+        sched.on_first_token(&first, &s.endpoints[0]);
+        sched.on_finished(&first, &s.endpoints[0]);
+        let d = sched.schedule(&req(1), &s.endpoints, 2, now, &mut rng).unwrap();
+        assert_eq!(d.endpoints[0].id().0, 0, "overlap credit beats an empty replica while load is light");
+        let mut held = Vec::new();
+        for q in 2..6 {
+            let d = sched.schedule(&req(q), &s.endpoints[..1], 1, now, &mut rng).unwrap();
+            sched.on_routed(&d, &s.endpoints[0]);
+            held.push(d);
+        }
+        let d = sched.schedule(&req(9), &s.endpoints, 2, now, &mut rng).unwrap();
+        assert_eq!(d.endpoints[0].id().0, 1, "four prompts still prefilling there outweigh the overlap");
+        for d in &held {
+            sched.on_finished(d, &s.endpoints[0]);
+        }
+        let d = sched.schedule(&req(10), &s.endpoints, 2, now, &mut rng).unwrap();
         assert_eq!(d.endpoints[0].id().0, 0);
     }
 

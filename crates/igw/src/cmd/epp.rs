@@ -80,8 +80,9 @@ pub struct EppArgs {
     /// EndpointPickerConfig text.
     #[arg(long)]
     pub config_text: Option<String>,
-    /// Scheduling policy: igw (default), igw-wait, upstream-default, legacy-filter-tree, random,
-    /// round-robin, least-queue, power-of-two, sglang-cache-aware.
+    /// Scheduling policy: igw (default), igw-latency (predicted latency, docs/latency-model.md),
+    /// igw-wait, upstream-default, legacy-filter-tree, random, round-robin, least-queue,
+    /// power-of-two, sglang-cache-aware, dynamo-kv.
     #[arg(long, default_value = "igw")]
     pub policy: String,
     /// Endpoints in the destination header (1 = upstream default; more for override_host).
@@ -318,6 +319,7 @@ async fn serve(args: EppArgs) -> anyhow::Result<()> {
         datastore: datastore.clone(),
         staleness: args.metrics_staleness_threshold,
         extra: extra_metrics,
+        scheduler: Some(pool.core().scheduler().clone()),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

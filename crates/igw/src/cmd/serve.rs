@@ -69,8 +69,9 @@ pub struct ServeArgs {
     /// milliseconds; 0 turns the poll off.
     #[arg(long, default_value_t = 1000)]
     pub refresh_models_interval_ms: u64,
-    /// Scheduling policy: igw (default), igw-wait, upstream-default, legacy-filter-tree, random,
-    /// round-robin, least-queue, power-of-two, sglang-cache-aware.
+    /// Scheduling policy: igw (default), igw-latency (predicted latency, docs/latency-model.md),
+    /// igw-wait, upstream-default, legacy-filter-tree, random, round-robin, least-queue,
+    /// power-of-two, sglang-cache-aware, dynamo-kv.
     #[arg(long, default_value = "igw")]
     pub policy: String,
     /// Pool name reported in metrics.

@@ -7,8 +7,9 @@ use clap::Args;
 /// Flags of `igw bench sim`.
 #[derive(Args, Debug)]
 pub struct SimBenchArgs {
-    /// A built-in scenario: blog, blog-sheddable, heterogeneous, shared-prefix, multi-lora,
-    /// priority-overload, fairness.
+    /// A built-in scenario: blog, blog-sheddable, heterogeneous, heterogeneous-speeds,
+    /// shared-prefix, hot-prefix-1, hot-prefix-2, hot-prefix-5, multi-lora, priority-overload,
+    /// fairness, tiny-shared-prefix.
     #[arg(long, conflicts_with = "scenario_file", required_unless_present = "scenario_file")]
     pub scenario: Option<String>,
     /// A scenario file (YAML; docs/bench-scenarios.md).
@@ -26,6 +27,9 @@ pub struct SimBenchArgs {
     /// Override each step's duration in virtual seconds.
     #[arg(long)]
     pub duration_s: Option<f64>,
+    /// Reseed the scenario (arrivals, workload and fleet seeds) to repeat it with other draws.
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Print one JSON object as the last stdout line.
     #[arg(long)]
     pub json: bool,
@@ -49,6 +53,9 @@ pub fn run(a: SimBenchArgs) -> anyhow::Result<()> {
     }
     if let Some(d) = a.duration_s {
         sc.arrivals.duration_s = d;
+    }
+    if let Some(seed) = a.seed {
+        sc.reseed(seed);
     }
     let policies = (!a.policies.is_empty()).then_some(a.policies.as_slice());
     let qps = (!a.qps.is_empty()).then_some(a.qps.as_slice());
