@@ -15,7 +15,7 @@ pub enum Contender {
     /// Envoy balancing round robin over the fleet (`envoy-round-robin`).
     EnvoyRoundRobin,
     /// `igw serve` with a policy, with or without flow control (`igw`, `igw+flow`, `igw-random`,
-    /// `igw-upstream-default`, `igw-legacy-filter-tree`).
+    /// `igw-latency`, `igw-upstream-default`, `igw-legacy-filter-tree`).
     IgwServe {
         /// The `policy:` of the gateway's pool.
         policy: &'static str,
@@ -66,6 +66,7 @@ impl Contender {
             "igw" => Contender::IgwServe { policy: "igw", flow: false },
             "igw+flow" => Contender::IgwServe { policy: "igw", flow: true },
             "igw-random" => Contender::IgwServe { policy: "random", flow: false },
+            "igw-latency" => Contender::IgwServe { policy: "igw-latency", flow: false },
             "igw-upstream-default" => Contender::IgwServe { policy: "upstream-default", flow: false },
             "igw-legacy-filter-tree" => Contender::IgwServe { policy: "legacy-filter-tree", flow: false },
             "envoy+igw-epp" => Contender::EnvoyEpp,
