@@ -194,6 +194,7 @@ impl Front for CoreFront {
     fn first_token(&mut self, id: u32, now: Instant) {
         if let Some(r) = self.running.get_mut(&id) {
             r.first_byte(now);
+            r.first_token(now);
         }
     }
 

@@ -468,7 +468,11 @@ impl StreamState {
 
     fn on_response_body(&mut self, b: HttpBody) -> Result<Step, RequestError> {
         self.enter_response()?;
-        self.tracker.on_body(&b.body);
+        if self.tracker.on_body(&b.body)
+            && let Some(r) = &mut self.request
+        {
+            r.first_token(self.pool.now());
+        }
         let original = Bytes::from(b.body);
         let mut out = self.restorer.push(original.clone());
         if b.end_of_stream {

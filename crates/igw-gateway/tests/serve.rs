@@ -450,11 +450,27 @@ async fn igw_latency_learns_each_replica_and_shows_it_on_the_admin_listener() {
         .map(|e| e["latency_model"]["tpot_samples"].as_u64().unwrap_or(0))
         .sum();
     assert_eq!(learned, 12, "every streamed response trains its replica's model: {eps}");
+    let ttft_learned: u64 = eps["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["latency_model"]["ttft_samples"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(ttft_learned, 12, "TTFT from the first streamed token: {eps}");
     let pool = &eps["pools"][0]["latency_model"];
     assert!(pool["step_s"].as_f64().unwrap() > 0.0, "the pool's learned shape is shown: {eps}");
     let metrics = get_text(s.admin_addr, "/metrics").await;
     assert!(metrics.contains("inference_objective_request_predicted_ttft_seconds_count 12"), "{metrics}");
     assert!(metrics.contains("igw_latency_prediction_error_ratio_bucket{signal=\"tpot\""), "{metrics}");
+    // TTFT is the first token, not the response headers (which an engine sends before it
+    // prefills): against headers the error would be hundreds of times the observed value.
+    let le5: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("igw_latency_prediction_error_ratio_bucket{signal=\"ttft\",le=\"5\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert_eq!(le5, 12, "every TTFT prediction within 5× of what was seen: {metrics}");
     assert!(!metrics.contains("inference_objective_request_slo_violation_total{"), "a 60 s TTFT objective is met");
     s.shutdown().await;
 }

@@ -314,7 +314,11 @@ struct Accounting {
 
 impl ResponseObserver for Accounting {
     fn on_data(&mut self, chunk: Bytes) -> Bytes {
-        self.tracker.on_body(&chunk);
+        if self.tracker.on_body(&chunk)
+            && let Some(r) = &mut self.request
+        {
+            r.first_token(self.pool.now());
+        }
         if self.restorer.is_active() { self.restorer.push(chunk) } else { chunk }
     }
 

@@ -114,12 +114,20 @@ pub struct Leg {
     pub sent: Instant,
     /// When the first response byte arrived.
     pub first_byte: Option<Instant>,
+    /// When the first output arrived (the first content event of a stream; the first body bytes
+    /// of a non-streamed response): the time to first token.
+    pub first_token: Option<Instant>,
 }
 
 impl Leg {
     /// Time to first byte, when it arrived.
     pub fn ttfb(&self) -> Option<Duration> {
         self.first_byte.map(|t| t.saturating_duration_since(self.sent))
+    }
+
+    /// Time to first token (first output), when it arrived.
+    pub fn ttft(&self) -> Option<Duration> {
+        self.first_token.map(|t| t.saturating_duration_since(self.sent))
     }
 }
 
@@ -128,7 +136,7 @@ impl Leg {
 fn observed(s: &ResponseSummary, leg: &Leg, now: Instant) -> Option<igw_sched::latency::Observed> {
     let u = s.usage.as_ref().filter(|_| !s.model_server_error)?;
     Some(igw_sched::latency::Observed {
-        ttft_s: leg.ttfb().filter(|_| s.streaming).map(|d| d.as_secs_f64()),
+        ttft_s: leg.ttft().filter(|_| s.streaming).map(|d| d.as_secs_f64()),
         e2e_s: now.saturating_duration_since(leg.sent).as_secs_f64(),
         completion_tokens: u.completion_tokens,
         cached_tokens: (u.cached_tokens > 0).then_some(u.cached_tokens),
@@ -676,7 +684,7 @@ impl Request {
             self.running = true;
             self.ctx.series.running(1.0);
         }
-        let leg = Leg { endpoint: endpoint.clone(), sent: now, first_byte: None };
+        let leg = Leg { endpoint: endpoint.clone(), sent: now, first_byte: None, first_token: None };
         self.attempt = Some(Attempt { added, leg });
     }
 
@@ -711,6 +719,20 @@ impl Request {
             && a.leg.first_byte.is_none()
         {
             a.leg.first_byte = Some(now);
+        }
+    }
+
+    /// The first output arrived at `now` (the driver's response tracker saw the first content
+    /// event of a stream, or the first body bytes): the prefill is done. Response headers come
+    /// before it (an engine answers 200 at once and then prefills), so this, not
+    /// [`Request::first_byte`], is what the latency model learns TTFT from.
+    pub fn first_token(&mut self, now: Instant) {
+        self.last_time = now;
+        if let Some(a) = &mut self.attempt
+            && a.leg.first_token.is_none()
+        {
+            a.leg.first_byte.get_or_insert(now);
+            a.leg.first_token = Some(now);
             if let Some(d) = &self.decision {
                 self.core.scheduler.on_first_token(d, &a.leg.endpoint);
             }
@@ -745,7 +767,7 @@ impl Request {
         let series = &self.ctx.series;
         if let (Some(decision), Some(a)) = (&self.decision, &self.attempt) {
             let seen = summary.and_then(|s| observed(s, &a.leg, now));
-            core.scheduler.on_finished_observed(decision, &a.leg.endpoint, seen.as_ref(), a.leg.first_byte.is_some());
+            core.scheduler.on_finished_observed(decision, &a.leg.endpoint, seen.as_ref(), a.leg.first_token.is_some());
             if let Some(seen) = &seen {
                 let tpot = (seen.completion_tokens > 1 && seen.ttft_s.is_some())
                     .then(|| (seen.e2e_s - seen.ttft_s.unwrap_or(0.0)) / (seen.completion_tokens - 1) as f64);
@@ -989,8 +1011,9 @@ mod tests {
             let e = r.decide(&p, None, now).unwrap()[0].clone();
             assert_eq!(r.decision().unwrap().predictions.len(), 1);
             r.attempt(&e, now);
-            // TTFT 50 ms (past the 20 ms objective), then 10 tokens at 10 ms.
-            r.first_byte(Instant::from_millis(55));
+            // Headers at once, TTFT 50 ms (past the 20 ms objective), then 10 tokens at 10 ms.
+            r.first_byte(Instant::from_millis(6));
+            r.first_token(Instant::from_millis(55));
             let usage =
                 crate::usage::Usage { prompt_tokens: 3, completion_tokens: 11, total_tokens: 14, cached_tokens: 0 };
             let summary =
