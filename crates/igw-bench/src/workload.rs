@@ -384,14 +384,15 @@ mod tests {
 
     #[test]
     fn hot_prefix_mixes_a_few_long_prompts_with_cold_traffic() {
-        let spec = WorkloadSpec::HotPrefix {
+        let with_share = |hot_fraction| WorkloadSpec::HotPrefix {
             seed: 1,
             prefixes: 2,
             prefix_len: [1000, 3000],
-            hot_fraction: 0.7,
+            hot_fraction,
             question_len: 100,
             output_len: 50,
         };
+        let spec = with_share(0.7);
         let g = Generator::new(&spec, None).unwrap();
         let mut rng = SmallRng::seed_from_u64(1);
         let (mut hot, mut by_prefix) = (0u32, [0u32; 2]);
@@ -406,14 +407,7 @@ mod tests {
         }
         assert!((3_350..3_650).contains(&hot), "{hot}");
         assert!(by_prefix.iter().all(|&n| n > 1_500), "{by_prefix:?}");
-        let bad = WorkloadSpec::HotPrefix {
-            seed: 1,
-            prefixes: 2,
-            prefix_len: [1000, 3000],
-            hot_fraction: 1.5,
-            question_len: 100,
-            output_len: 50,
-        };
+        let bad = with_share(1.5);
         assert!(Generator::new(&bad, None).is_err());
     }
 

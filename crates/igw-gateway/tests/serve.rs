@@ -443,19 +443,11 @@ async fn igw_latency_learns_each_replica_and_shows_it_on_the_admin_listener() {
         assert!(String::from_utf8_lossy(&text).contains("data: [DONE]"));
     }
     let eps = get_json(s.admin_addr, "/debug/endpoints").await;
-    let learned: u64 = eps["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["latency_model"]["tpot_samples"].as_u64().unwrap_or(0))
-        .sum();
+    let samples = |field: &str| -> u64 {
+        eps["endpoints"].as_array().unwrap().iter().map(|e| e["latency_model"][field].as_u64().unwrap_or(0)).sum()
+    };
+    let (learned, ttft_learned) = (samples("tpot_samples"), samples("ttft_samples"));
     assert_eq!(learned, 12, "every streamed response trains its replica's model: {eps}");
-    let ttft_learned: u64 = eps["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["latency_model"]["ttft_samples"].as_u64().unwrap_or(0))
-        .sum();
     assert_eq!(ttft_learned, 12, "TTFT from the first streamed token: {eps}");
     let pool = &eps["pools"][0]["latency_model"];
     assert!(pool["step_s"].as_f64().unwrap() > 0.0, "the pool's learned shape is shown: {eps}");

@@ -193,23 +193,12 @@ pub struct Prediction {
     pub ttft_s: f64,
     /// Predicted time per output token, seconds.
     pub tpot_s: f64,
-    /// Seconds of prefill the request costs the endpoint per uncached prompt token, and of decode
-    /// step per sequence and per context token it adds (the endpoint's speed included): what it
-    /// delays the requests already running there by ([`Prediction::imposed_s`]).
-    pub marginal: Marginal,
+    /// Seconds of prefill per uncached prompt token on the endpoint (its speed included): what
+    /// each request already running there waits per token of this one's prefill
+    /// ([`Prediction::imposed_s`]).
+    pub prefill_per_token_s: f64,
     /// The inputs it was made from (kept to learn from the outcome).
     pub features: Features,
-}
-
-/// An endpoint's marginal costs, seconds (see [`Prediction::marginal`]).
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Marginal {
-    /// Prefill per uncached prompt token.
-    pub prefill_per_token_s: f64,
-    /// Decode step per added sequence.
-    pub step_per_seq_s: f64,
-    /// Decode step per added context token.
-    pub step_per_context_token_s: f64,
 }
 
 impl Prediction {
@@ -227,7 +216,7 @@ impl Prediction {
     /// bigger batch) is left out: counted the same way it overweights the batch size, and
     /// balancing by it lost 5-16% p90 e2e on `hot-prefix-2` and `blog` (BENCHMARKS.md).
     pub fn imposed_s(&self) -> f64 {
-        self.features.running * self.features.uncached_tokens * self.marginal.prefill_per_token_s
+        self.features.running * self.features.uncached_tokens * self.prefill_per_token_s
     }
 }
 
@@ -363,12 +352,11 @@ impl Model {
     }
 }
 
-/// An endpoint's speed relative to the pool's shape: log factors of TTFT and TPOT, learned as
-/// exponentially weighted means of `ln(observed / pool prediction)`.
+/// An endpoint's speed relative to the pool's shape: one log factor, learned from decode as an
+/// exponentially weighted mean of `ln(observed TPOT / pool prediction)`, applied to TTFT and TPOT.
 #[derive(Debug, Clone, Copy, Default)]
 struct Speed {
-    ln_ttft: f64,
-    ln_tpot: f64,
+    ln_speed: f64,
     ttft_samples: u64,
     tpot_samples: u64,
     ttft_err: Option<f64>,
@@ -560,7 +548,7 @@ impl LatencyModel {
     pub fn predict_all(&self, ids: &[EndpointId], features: &[Features], out: &mut Vec<Prediction>) {
         let st = self.state.lock();
         let trust = f64::from(self.config.trust_samples.max(1));
-        let (mean_t, mean_d) = mean_speed(&st.endpoints);
+        let mean = mean_speed(&st.endpoints);
         out.clear();
         for (id, f) in ids.iter().zip(features) {
             let base = (st.pool.ttft.predict(&f.ttft_x()), st.pool.tpot.predict(&f.tpot_x()));
@@ -569,25 +557,18 @@ impl LatencyModel {
             // shape), not speed. Learning TTFT factors per endpoint was tried: a factor learned
             // while an endpoint was queued outlives the queue (its requests stop coming, so no
             // sample corrects it) and the endpoint idles under overload.
-            let _ = mean_t;
-            let ld = match st.endpoints.get(id) {
-                None => mean_d,
+            let ln = match st.endpoints.get(id) {
+                None => mean,
                 Some(sp) => {
-                    let wd = (sp.tpot_samples as f64 / trust).min(1.0);
-                    wd * sp.ln_tpot + (1.0 - wd) * mean_d
+                    let w = (sp.tpot_samples as f64 / trust).min(1.0);
+                    w * sp.ln_speed + (1.0 - w) * mean
                 }
             };
-            let lt = ld;
-            let (t, d) = (&st.pool.ttft.theta, &st.pool.tpot.theta);
-            let marginal = Marginal {
-                prefill_per_token_s: t[1] * 1e-3 * lt.exp(),
-                step_per_seq_s: d[1] * 1e-2 * ld.exp(),
-                step_per_context_token_s: d[2] * 1e-5 * ld.exp(),
-            };
+            let k = ln.exp();
             out.push(Prediction {
-                ttft_s: (base.0 * lt.exp()).max(MIN_S),
-                tpot_s: (base.1 * ld.exp()).max(MIN_S),
-                marginal,
+                ttft_s: (base.0 * k).max(MIN_S),
+                tpot_s: (base.1 * k).max(MIN_S),
+                prefill_per_token_s: st.pool.ttft.theta[1] * 1e-3 * k,
                 features: *f,
             });
         }
@@ -626,14 +607,14 @@ impl LatencyModel {
             track(&mut sp.ttft_err, predicted.ttft_s, y);
             sp.ttft_samples += 1;
             // The pool learns the shape of a speed-1 engine.
-            let k = sp.ln_tpot.exp();
+            let k = sp.ln_speed.exp();
             st.pool.ttft.update(&xt, y / k, lambda.max(0.995));
         }
         let sp = st.endpoints.entry(endpoint).or_default();
         if let Some(y) = tpot {
             track(&mut sp.tpot_err, predicted.tpot_s, y);
-            Speed::learn(&mut sp.ln_tpot, &mut sp.tpot_samples, y, base.1);
-            let k = sp.ln_tpot.exp();
+            Speed::learn(&mut sp.ln_speed, &mut sp.tpot_samples, y, base.1);
+            let k = sp.ln_speed.exp();
             st.pool.tpot.update(&xd, y / k, lambda.max(0.995));
         }
     }
@@ -643,8 +624,8 @@ impl LatencyModel {
         self.state.lock().endpoints.get(&endpoint).map(|sp| EndpointView {
             ttft_samples: sp.ttft_samples,
             tpot_samples: sp.tpot_samples,
-            ttft_factor: sp.ln_tpot.exp(),
-            tpot_factor: sp.ln_tpot.exp(),
+            ttft_factor: sp.ln_speed.exp(),
+            tpot_factor: sp.ln_speed.exp(),
             ttft_error: sp.ttft_err,
             tpot_error: sp.tpot_err,
         })
@@ -663,16 +644,11 @@ impl LatencyModel {
     }
 }
 
-/// Mean log speed factors over the endpoints that have samples (0 = the pool's shape).
-fn mean_speed(endpoints: &HashMap<EndpointId, Speed>) -> (f64, f64) {
-    let mean = |f: &dyn Fn(&Speed) -> Option<f64>| {
-        let (sum, n) = endpoints.values().filter_map(f).fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
-        if n == 0 { 0.0 } else { sum / n as f64 }
-    };
-    (
-        mean(&|s: &Speed| (s.ttft_samples > 0).then_some(s.ln_ttft)),
-        mean(&|s: &Speed| (s.tpot_samples > 0).then_some(s.ln_tpot)),
-    )
+/// Mean log speed factor over the endpoints that have samples (0 = the pool's shape).
+fn mean_speed(endpoints: &HashMap<EndpointId, Speed>) -> f64 {
+    let (sum, n) =
+        endpoints.values().filter(|s| s.tpot_samples > 0).fold((0.0, 0usize), |(sum, n), s| (sum + s.ln_speed, n + 1));
+    if n == 0 { 0.0 } else { sum / n as f64 }
 }
 
 fn track(err: &mut Option<f64>, predicted: f64, seen: f64) {

@@ -399,16 +399,14 @@ impl Scheduler {
                 None
             }
             Picker::DynamoKv => {
-                let block = self.prefix.as_ref().map_or(16, |i| i.config().block_size_tokens.max(1)) as f64;
+                let blocks = req.estimated_input_tokens() as f64 / self.block_tokens();
                 let model = self.dynamo.as_ref();
                 Some(
                     cands
                         .iter()
                         .map(|c| {
                             let overlap = matched.as_ref().map_or(0, |m| m.matched(c.endpoint.id()));
-                            -model.map_or(0.0, |d| {
-                                d.cost(c.endpoint.id(), req.estimated_input_tokens() as f64 / block, f64::from(overlap))
-                            })
+                            -model.map_or(0.0, |d| d.cost(c.endpoint.id(), blocks, f64::from(overlap)))
                         })
                         .collect(),
                 )
@@ -621,8 +619,12 @@ impl Scheduler {
 
     /// A request's prompt blocks as Dynamo's model counts them.
     fn dynamo_blocks(&self, decision: &Decision) -> f64 {
-        let block = self.prefix.as_ref().map_or(16, |i| i.config().block_size_tokens.max(1)) as f64;
-        (decision.input_tokens as f64 / block).ceil()
+        (decision.input_tokens as f64 / self.block_tokens()).ceil()
+    }
+
+    /// Tokens per block of the prefix index (vLLM's default, 16, without one).
+    fn block_tokens(&self) -> f64 {
+        self.prefix.as_ref().map_or(16, |i| i.config().block_size_tokens.max(1)) as f64
     }
 
     /// Drops prefix and wait-tracking state of endpoints no longer present.
