@@ -771,6 +771,7 @@ impl Request {
             if let Some(seen) = &seen {
                 let tpot = (seen.completion_tokens > 1 && seen.ttft_s.is_some())
                     .then(|| (seen.e2e_s - seen.ttft_s.unwrap_or(0.0)) / (seen.completion_tokens - 1) as f64);
+                series.latency(seen.ttft_s, tpot);
                 let (ttft_miss, tpot_miss) = decision.slo.missed(seen.ttft_s, tpot);
                 series.slo_outcome(ttft_miss, tpot_miss);
                 if let Some(p) = decision.prediction_for(&a.leg.endpoint) {
@@ -1035,6 +1036,11 @@ mod tests {
             "{out}"
         );
         assert!(!out.contains("type=\"tpot\""), "no TPOT objective was stated: {out}");
+        // What was seen, whatever the policy: TTFT 50 ms from forwarding, TPOT about 10 ms.
+        let l = "{model_name=\"m\",target_model_name=\"m\"";
+        assert!(out.contains(&format!("inference_objective_request_ttft_seconds_bucket{l},le=\"0.025\"}} 0")), "{out}");
+        assert!(out.contains(&format!("inference_objective_request_ttft_seconds_bucket{l},le=\"0.05\"}} 4")), "{out}");
+        assert!(out.contains(&format!("inference_objective_request_tpot_seconds_count{l}}} 4")), "{out}");
     }
 
     fn long_prompt(ds: &Datastore) -> PreparedRequest {

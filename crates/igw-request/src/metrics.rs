@@ -170,6 +170,12 @@ pub struct RequestMetrics {
     pub prefix_hit_bytes: HistogramVec,
     /// `inference_extension_model_rewrite_decisions_total` {model_rewrite_name, model_name, target_model}.
     pub model_rewrite_decisions: IntCounterVec,
+    /// `inference_objective_request_ttft_seconds` {model_name, target_model_name}: time from
+    /// forwarding to the first streamed token, as the gateway saw it.
+    pub ttft: HistogramVec,
+    /// `inference_objective_request_tpot_seconds` {model_name, target_model_name}: time per
+    /// output token after the first, of streamed responses.
+    pub tpot: HistogramVec,
     /// `inference_objective_request_predicted_ttft_seconds`: the pick's predicted TTFT.
     pub predicted_ttft: HistogramVec,
     /// `inference_objective_request_predicted_tpot_seconds`: the pick's predicted TPOT.
@@ -311,6 +317,20 @@ impl RequestMetrics {
                 "inference_extension_model_rewrite_decisions_total",
                 "Total number of model rewrite decisions.",
                 &["model_name", "model_rewrite_name", "target_model"],
+            ),
+            ttft: histograms(
+                &r,
+                "inference_objective_request_ttft_seconds",
+                "Time from forwarding a request to its first streamed token, in seconds.",
+                GENERAL_BUCKETS,
+                MODEL,
+            ),
+            tpot: histograms(
+                &r,
+                "inference_objective_request_tpot_seconds",
+                "Time per output token after the first of streamed responses, in seconds.",
+                NTPOT_BUCKETS,
+                MODEL,
             ),
             predicted_ttft: histograms(
                 &r,
@@ -579,6 +599,8 @@ pub struct Series {
     input_tokens: Slot<Histogram>,
     output_tokens: Slot<Histogram>,
     ntpot: Slot<Histogram>,
+    ttft: Slot<Histogram>,
+    tpot: Slot<Histogram>,
     attempts: ArcSwap<HashMap<SocketAddr, Arc<AttemptCounter>>>,
     attempt_failed: Slot<IntCounter>,
     queue_size: Slot<Gauge>,
@@ -606,6 +628,8 @@ impl Series {
             input_tokens: Slot::default(),
             output_tokens: Slot::default(),
             ntpot: Slot::default(),
+            ttft: Slot::default(),
+            tpot: Slot::default(),
             attempts: ArcSwap::default(),
             attempt_failed: Slot::default(),
             queue_size: Slot::default(),
@@ -701,6 +725,18 @@ impl Series {
     /// A request of this series started (`+1.0`) or stopped (`-1.0`) running.
     pub fn running(&self, delta: f64) {
         self.running.get(|| self.request.running_requests.with_label_values(&[&self.key.model])).add(delta);
+    }
+
+    /// A streamed response's first token came `ttft` seconds after forwarding, and later tokens
+    /// `tpot` seconds apart on average (each when observable).
+    pub fn latency(&self, ttft: Option<f64>, tpot: Option<f64>) {
+        let m = &self.request;
+        if let Some(t) = ttft {
+            observe(self.ttft.get(|| m.ttft.with_label_values(&self.model_labels())), t);
+        }
+        if let Some(t) = tpot {
+            observe(self.tpot.get(|| m.tpot.with_label_values(&self.model_labels())), t);
+        }
     }
 
     /// A request that stated an SLO missed its TTFT (`ttft`) or TPOT (`tpot`) objective.
