@@ -612,13 +612,19 @@ pub fn run_point_with(
 /// as the real-time runs configure the gateway; seeded from the scenario.
 pub fn point_core(sc: &Scenario, policy: Policy, endpoints: usize) -> Result<PoolCore, BenchError> {
     let ds = Arc::new(Datastore::with_endpoints((0..endpoints).map(|i| {
-        EndpointMeta::from_addr(std::net::SocketAddr::from(([10, 0, (i >> 8) as u8, (i & 255) as u8], 8000)))
+        let mut m =
+            EndpointMeta::from_addr(std::net::SocketAddr::from(([10, 0, (i >> 8) as u8, (i & 255) as u8], 8000)));
+        if let Some(c) = sc.fleet.costs_per_hour.get(i) {
+            m.labels.insert(igw_core::endpoint::COST_PER_HOUR_LABEL.to_string(), c.to_string());
+        }
+        m
     })));
     for c in &sc.classes {
         ds.apply_objective(InferenceObjective {
             id: ObjectRef::new("default", &c.name),
             priority: c.priority,
             legacy_model_name: None,
+            goals: c.goals(),
         });
     }
     let mut core = PoolCore::new("sim", ds, Arc::new(policy.scheduler))
@@ -767,9 +773,27 @@ fn summarize<F: Front>(sim: &Sim<'_, F>, policy: &str, qps: f64, capacity: f64, 
     // Every request, a dropped one (rejected, timed out) as an infinite latency.
     let (mut ttft_all, mut e2e_all) = (Vec::new(), Vec::new());
     let (mut ttft_err, mut tpot_err) = (Vec::new(), Vec::new());
+    // Per class: requests that met its SLO. Per run: output tokens weighted by their replica's
+    // price over its speed.
+    let mut slo_met: BTreeMap<String, u64> = BTreeMap::new();
+    let speeds = sc.speed_factors();
+    let mut priced_tokens = 0.0f64;
     for (id, r) in sim.reqs.iter().enumerate() {
-        let c = by_class.entry(sim.classes[r.class].name.clone()).or_default();
+        let class = &sim.classes[r.class];
+        let c = by_class.entry(class.name.clone()).or_default();
         c.0.attempted += 1;
+        if let Some(slo) = class.slo {
+            let tpot = (r.tokens > 1).then(|| (r.done - r.first) / f64::from(r.tokens - 1));
+            let met = r.state == State::Completed
+                && slo.ttft_ms.is_none_or(|ms| r.first - r.arrival <= f64::from(ms) / 1000.0)
+                && slo.tpot_ms.is_none_or(|ms| tpot.is_none_or(|t| t <= f64::from(ms) / 1000.0));
+            *slo_met.entry(class.name.clone()).or_default() += u64::from(met);
+        }
+        if r.state == State::Completed
+            && let Some(price) = sc.fleet.costs_per_hour.get(r.endpoint)
+        {
+            priced_tokens += f64::from(r.tokens) * price / speeds[r.endpoint].max(1e-9);
+        }
         if r.state == State::Completed {
             ttft_all.push(r.first - r.arrival);
             e2e_all.push(r.done - r.arrival);
@@ -833,6 +857,7 @@ fn summarize<F: Front>(sim: &Sim<'_, F>, policy: &str, qps: f64, capacity: f64, 
             row.backlogged_share = (backlogged_tokens > 0).then(|| backlogged as f64 / backlogged_tokens as f64);
             row.p90_e2e_ms = ms(&mut lat);
             row.p90_e2e_with_drops_ms = ms(&mut all);
+            row.slo_attainment = slo_met.get(&k).map(|met| *met as f64 / row.attempted.max(1) as f64);
             // Open loop: shares of what completed while the load was on (after it stops, the
             // classes still queued drain alone and would inflate their share); the blog's client
             // sends in steps and drains, so there the whole run counts.
@@ -863,9 +888,29 @@ fn summarize<F: Front>(sim: &Sim<'_, F>, policy: &str, qps: f64, capacity: f64, 
         p90_e2e_with_drops_ms: ms(&mut e2e_all),
         ttft_error_p50: (!ttft_err.is_empty()).then(|| percentile(&mut ttft_err, 0.5)),
         tpot_error_p50: (!tpot_err.is_empty()).then(|| percentile(&mut tpot_err, 0.5)),
+        cost_per_mtok: cost_per_mtok(sc, capacity, &speeds, completed, out_tokens, priced_tokens),
         by_class,
         backlogged_s: sim.backlogged_s,
     }
+}
+
+/// [`Row::cost_per_mtok`]: `priced_tokens` is Σ tokens × price / speed over the completed
+/// requests. A replica of speed 1 serves `capacity / Σ speeds` requests/s of this workload's mean
+/// output length at capacity.
+fn cost_per_mtok(
+    sc: &Scenario,
+    capacity: f64,
+    speeds: &[f64],
+    completed: u64,
+    out_tokens: u64,
+    priced_tokens: f64,
+) -> Option<f64> {
+    if sc.fleet.costs_per_hour.is_empty() || completed == 0 || out_tokens == 0 || capacity <= 0.0 {
+        return None;
+    }
+    let mean_out = out_tokens as f64 / completed as f64;
+    let unit_tokens_per_hour = 3600.0 * capacity / speeds.iter().sum::<f64>().max(1e-9) * mean_out;
+    Some(1e6 * priced_tokens / out_tokens as f64 / unit_tokens_per_hour)
 }
 
 /// The fleet's capacity for the scenario's workload, requests/s, measured the way the gateway runs

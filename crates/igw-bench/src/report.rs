@@ -27,6 +27,11 @@ pub struct ClassRow {
     /// gateway (flow control holding them), counted for the requests that completed; `None` when
     /// that never happened (no flow control, or some class never backlogged).
     pub backlogged_share: Option<f64>,
+    /// Fraction of the requests sent that met the class's SLO (TTFT from arrival, time per
+    /// output token after the first), a dropped one counting as a miss; `None` when the class
+    /// states none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slo_attainment: Option<f64>,
 }
 
 /// One (policy, offered QPS) result.
@@ -70,6 +75,12 @@ pub struct Row {
     pub ttft_error_p50: Option<f64>,
     /// The same for TPOT (decode time per token after the first).
     pub tpot_error_p50: Option<f64>,
+    /// Price of a million completed output tokens at capacity: each token at its replica's price
+    /// per hour over that replica's capacity in tokens per hour (the fleet's measured capacity
+    /// shared by speed factor), so what a fleet right-sized to this placement would pay; `None`
+    /// when the fleet is unpriced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_per_mtok: Option<f64>,
     /// Per class.
     pub by_class: BTreeMap<String, ClassRow>,
     /// Virtual seconds during which every class had requests queued at the gateway (the window of
@@ -136,7 +147,10 @@ pub fn table(r: &Report) -> String {
                 _ => "-".into(),
             }
         );
-        if row.by_class.len() > 1 {
+        if let Some(c) = row.cost_per_mtok {
+            let _ = writeln!(s, "    cost at capacity {c:.3} per million output tokens");
+        }
+        if row.by_class.len() > 1 || row.by_class.values().any(|c| c.slo_attainment.is_some()) {
             for (name, c) in &row.by_class {
                 let _ = writeln!(
                     s,
@@ -153,7 +167,7 @@ pub fn table(r: &Report) -> String {
                         " · {:.1}% while all backlogged ({:.0} s)",
                         b * 100.0,
                         row.backlogged_s
-                    ))
+                    )) + &c.slo_attainment.map_or(String::new(), |a| format!(" · SLO met {:.1}%", a * 100.0))
                 );
             }
         }

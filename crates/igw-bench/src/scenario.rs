@@ -23,6 +23,7 @@ pub const BUILTINS: &[(&str, &str)] = &[
     ("hot-prefix-2", include_str!("../scenarios/hot-prefix-2.yaml")),
     ("hot-prefix-5", include_str!("../scenarios/hot-prefix-5.yaml")),
     ("heterogeneous-speeds", include_str!("../scenarios/heterogeneous-speeds.yaml")),
+    ("heterogeneous-cost", include_str!("../scenarios/heterogeneous-cost.yaml")),
 ];
 
 /// One benchmark scenario.
@@ -96,6 +97,10 @@ pub struct FleetSpec {
     /// Seed of speed factors and jitter.
     #[serde(default = "one")]
     pub seed: u64,
+    /// Each replica's price per hour (the `igw.dev/cost-per-hour` label its endpoint carries);
+    /// empty = unpriced. Reports then show the cost per million output tokens.
+    #[serde(default)]
+    pub costs_per_hour: Vec<f64>,
 }
 
 fn default_profile() -> String {
@@ -162,6 +167,37 @@ pub struct ClassSpec {
     pub fairness_id: Option<String>,
     /// Fraction of the offered load.
     pub fraction: f64,
+    /// The class's latency objective (its InferenceObjective's `slo`); reports then show the
+    /// fraction of its requests that met it.
+    #[serde(default)]
+    pub slo: Option<ClassSlo>,
+    /// Its placement, `fastest` (default) or `cheapest` (needs `slo`).
+    #[serde(default)]
+    pub placement: Option<String>,
+}
+
+/// A class's latency objective, milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ClassSlo {
+    /// Time to first token.
+    #[serde(default)]
+    pub ttft_ms: Option<u32>,
+    /// Time per output token after the first.
+    #[serde(default)]
+    pub tpot_ms: Option<u32>,
+}
+
+impl ClassSpec {
+    /// The InferenceObjective goals the class's requests carry.
+    pub fn goals(&self) -> igw_core::ObjectiveGoals {
+        let slo = self.slo.unwrap_or_default();
+        igw_core::ObjectiveGoals {
+            ttft_ms: slo.ttft_ms,
+            tpot_ms: slo.tpot_ms,
+            placement: self.placement.as_deref().and_then(igw_core::Placement::parse).unwrap_or_default(),
+        }
+    }
 }
 
 /// Client behaviour.
@@ -262,6 +298,30 @@ impl Scenario {
                 return bad(format!("class fractions must be non-negative and sum to 1 (they sum to {sum})"));
             }
         }
+        for c in &self.classes {
+            let goals = c.goals();
+            if let Some(p) = &c.placement
+                && igw_core::Placement::parse(p).is_none()
+            {
+                return bad(format!("class {}: placement {p:?} is neither fastest nor cheapest", c.name));
+            }
+            if [goals.ttft_ms, goals.tpot_ms].iter().flatten().any(|ms| !(1..=3_600_000).contains(ms)) {
+                return bad(format!("class {}: slo values must be from 1 to 3600000 ms", c.name));
+            }
+            if goals.placement == igw_core::Placement::Cheapest && !goals.has_slo() {
+                return bad(format!("class {}: placement cheapest needs an slo", c.name));
+            }
+        }
+        let costs = &self.fleet.costs_per_hour;
+        if !costs.is_empty()
+            && (costs.len() != self.fleet.replicas || costs.iter().any(|c| !(c.is_finite() && *c > 0.0)))
+        {
+            return bad(format!(
+                "fleet.costs_per_hour needs one positive price per replica ({} given for {})",
+                costs.len(),
+                self.fleet.replicas
+            ));
+        }
         if self.scrape_interval_ms == 0 || self.client.timeout_s.is_nan() || self.client.timeout_s <= 0.0 {
             return bad("scrape_interval_ms and client.timeout_s must be positive".into());
         }
@@ -285,7 +345,14 @@ impl Scenario {
     /// The classes, or the single default class.
     pub fn classes(&self) -> Vec<ClassSpec> {
         if self.classes.is_empty() {
-            vec![ClassSpec { name: "default".into(), priority: 0, fairness_id: None, fraction: 1.0 }]
+            vec![ClassSpec {
+                name: "default".into(),
+                priority: 0,
+                fairness_id: None,
+                fraction: 1.0,
+                slo: None,
+                placement: None,
+            }]
         } else {
             self.classes.clone()
         }

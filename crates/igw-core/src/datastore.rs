@@ -66,10 +66,16 @@ impl Snapshot {
     /// The priority of a request naming objective `objective` for model `model`: the named
     /// objective's priority, else a legacy InferenceModel bound to the model name, else 0.
     pub fn priority_for(&self, objective: Option<&str>, model: &str) -> Priority {
+        self.objective_for(objective, model).map_or(0, |o| o.priority)
+    }
+
+    /// The objective a request binds to: the one it names, else a legacy InferenceModel bound
+    /// by its model name.
+    pub fn objective_for(&self, objective: Option<&str>, model: &str) -> Option<&InferenceObjective> {
         if let Some(o) = objective.and_then(|name| self.objectives.get(name)) {
-            return o.priority;
+            return Some(o);
         }
-        self.objectives.values().find(|o| o.legacy_model_name.as_deref() == Some(model)).map_or(0, |o| o.priority)
+        self.objectives.values().find(|o| o.legacy_model_name.as_deref() == Some(model))
     }
 
     /// The rewrite rule that applies to `model`, if any (see [`find_rewrite_rule`]).
@@ -346,11 +352,13 @@ mod tests {
             id: ObjectRef::new("ns", "critical"),
             priority: 10,
             legacy_model_name: None,
+            goals: Default::default(),
         });
         ds.apply_objective(InferenceObjective {
             id: ObjectRef::new("ns", "legacy"),
             priority: -1,
             legacy_model_name: Some("old-model".into()),
+            goals: Default::default(),
         });
         let s = ds.snapshot();
         assert_eq!(s.priority_for(Some("critical"), "m"), 10);

@@ -22,6 +22,14 @@ pub type Labels = BTreeMap<String, String>;
 /// The pod label that selects the metric mapping of an endpoint's engine (vllm, sglang, ...).
 pub const ENGINE_TYPE_LABEL: &str = "inference.networking.k8s.io/engine-type";
 
+/// The pod label naming an endpoint's accelerator (`H100`, `A10G`, ...); shown on
+/// `/debug/endpoints`, never needed for routing (speed is learned).
+pub const ACCELERATOR_LABEL: &str = "inference.networking.k8s.io/accelerator";
+
+/// The pod label giving what an endpoint costs per hour, a positive decimal number in any
+/// currency used consistently across the pool (`8.22`); read by `cheapest` placement.
+pub const COST_PER_HOUR_LABEL: &str = "igw.dev/cost-per-hour";
+
 /// A small integer naming an endpoint inside one datastore, assigned on first sight and never
 /// reused while the datastore lives. Indexes (prefix cache, in-flight maps) key on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -111,6 +119,22 @@ impl EndpointMeta {
     pub fn engine_label(&self) -> Option<&str> {
         self.labels.get(ENGINE_TYPE_LABEL).map(String::as_str).filter(|s| !s.is_empty())
     }
+
+    /// The accelerator label, if set and non-empty.
+    pub fn accelerator(&self) -> Option<&str> {
+        self.labels.get(ACCELERATOR_LABEL).map(String::as_str).filter(|s| !s.is_empty())
+    }
+
+    /// The cost per hour label as a number, if it is a finite positive one.
+    pub fn cost_per_hour(&self) -> Option<f64> {
+        parse_cost_per_hour(self.labels.get(COST_PER_HOUR_LABEL)?)
+    }
+}
+
+/// A cost per hour: a finite positive decimal number.
+pub fn parse_cost_per_hour(v: &str) -> Option<f64> {
+    let x: f64 = v.trim().parse().ok()?;
+    (x.is_finite() && x > 0.0).then_some(x)
 }
 
 /// The picker's own count of work it sent to an endpoint and has not yet seen finish.

@@ -17,6 +17,6 @@ pub use datastore::{Datastore, Snapshot};
 pub use endpoint::{Endpoint, EndpointId, EndpointKey, EndpointMeta, InFlight, Labels};
 pub use error::CoreError;
 pub use metrics::EndpointMetrics;
-pub use objective::{InferenceObjective, ModelRewrite, ObjectRef, RewriteRule, TargetModel};
+pub use objective::{InferenceObjective, ModelRewrite, ObjectRef, ObjectiveGoals, Placement, RewriteRule, TargetModel};
 pub use request::{ApiKind, ChatMessage, InferenceRequest, Priority, Prompt};
 pub use time::Instant;

@@ -120,6 +120,8 @@ pub struct InferenceRequest {
     pub objective: Option<String>,
     /// Priority resolved from the objective (0 when none).
     pub priority: Priority,
+    /// The objective's latency targets and placement (defaults when none).
+    pub goals: crate::objective::ObjectiveGoals,
     /// Fairness flow (`x-gateway-inference-fairness-id`, default `default-flow`).
     pub fairness_id: String,
     /// Size of the request body in bytes.

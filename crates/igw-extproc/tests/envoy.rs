@@ -618,6 +618,7 @@ async fn envoy_director_over_simulated_fleet() {
         id: igw_core::ObjectRef::new("default", "batch"),
         priority: -1,
         legacy_model_name: None,
+        goals: Default::default(),
     });
     let sched = Arc::new(igw_sched::Scheduler::from_policy("igw").unwrap());
     let core = igw_request::PoolCore::new("p", ds.clone(), sched).with_seed(7);

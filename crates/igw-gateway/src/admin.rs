@@ -179,6 +179,8 @@ pub fn endpoints_json(
                 "name": e.meta().name(),
                 "address": e.address().to_string(),
                 "engine": e.meta().engine_label(),
+                "accelerator": e.meta().accelerator(),
+                "cost_per_hour": e.meta().cost_per_hour(),
                 "waiting": m.waiting,
                 "running": m.running,
                 "kv_usage": m.kv_usage,

@@ -12,9 +12,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use igw_core::endpoint::ENGINE_TYPE_LABEL;
+use igw_core::endpoint::{COST_PER_HOUR_LABEL, ENGINE_TYPE_LABEL, parse_cost_per_hour};
 use igw_core::{
-    CoreError, EndpointMeta, InferenceObjective, ModelRewrite, ObjectRef, Priority, RewriteRule, TargetModel,
+    CoreError, EndpointMeta, InferenceObjective, ModelRewrite, ObjectRef, ObjectiveGoals, Placement, Priority,
+    RewriteRule, TargetModel,
 };
 use igw_metrics::EngineRegistry;
 use igw_sched::Scheduler;
@@ -89,6 +90,20 @@ pub enum ConfigError {
         pool: String,
         /// The endpoint as written.
         endpoint: String,
+    },
+    /// An endpoint's `igw.dev/cost-per-hour` label is not a positive number.
+    #[error("line {line}: pool {pool:?}: endpoints: {endpoint}: label {label}: {value:?} is not a positive number")]
+    BadCostLabel {
+        /// Line of the endpoint.
+        line: u64,
+        /// Pool name.
+        pool: String,
+        /// The endpoint as written.
+        endpoint: String,
+        /// The label.
+        label: &'static str,
+        /// Its value.
+        value: String,
     },
     /// An endpoint is listed twice in one pool.
     #[error("line {line}: pool {pool:?}: endpoints: {endpoint} is listed twice")]
@@ -231,6 +246,38 @@ pub enum ConfigError {
         /// Line of the second objective.
         line: u64,
         /// The name.
+        objective: String,
+    },
+    /// An objective's SLO is out of range.
+    #[error("line {line}: objectives: {objective:?}: slo.{field}: {value} is not from 1 to 3600000 ms")]
+    BadSlo {
+        /// Line of the objective.
+        line: u64,
+        /// The objective.
+        objective: String,
+        /// `ttftMs` or `tpotMs`.
+        field: &'static str,
+        /// The value given.
+        value: u64,
+    },
+    /// An objective names an unknown placement.
+    #[error("line {line}: objectives: {objective:?}: placement: {value:?} is neither fastest nor cheapest")]
+    BadPlacement {
+        /// Line of the objective.
+        line: u64,
+        /// The objective.
+        objective: String,
+        /// The value given.
+        value: String,
+    },
+    /// `placement: cheapest` without an SLO to be cheap within.
+    #[error(
+        "line {line}: objectives: {objective:?}: placement: cheapest needs an slo (ttftMs or tpotMs) to stay within"
+    )]
+    CheapestWithoutSlo {
+        /// Line of the objective.
+        line: u64,
+        /// The objective.
         objective: String,
     },
     /// A rewrite's name is empty.
@@ -390,6 +437,10 @@ impl ConfigError {
             | E::UnknownDefaultPool { line, .. }
             | E::EmptyObjectiveName { line }
             | E::DuplicateObjective { line, .. }
+            | E::BadSlo { line, .. }
+            | E::BadPlacement { line, .. }
+            | E::CheapestWithoutSlo { line, .. }
+            | E::BadCostLabel { line, .. }
             | E::EmptyRewriteName { line, .. }
             | E::NoRules { line, .. }
             | E::NoTargets { line, .. }
@@ -446,7 +497,7 @@ struct FileSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct PoolFileSpec {
     name: String,
-    endpoints: Vec<Spanned<String>>,
+    endpoints: Vec<Spanned<EndpointSpec>>,
     engine: Option<Spanned<String>>,
     #[serde(default)]
     models: Vec<Spanned<String>>,
@@ -461,6 +512,60 @@ struct PoolFileSpec {
 struct ObjectiveSpec {
     name: String,
     priority: Option<Priority>,
+    slo: Option<SloSpec>,
+    placement: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SloSpec {
+    ttft_ms: Option<u64>,
+    tpot_ms: Option<u64>,
+}
+
+/// An endpoint: `ip:port`, or `{address: ip:port, labels: {...}}` to give it the labels a pod
+/// would carry (accelerator, cost per hour).
+#[derive(Debug)]
+enum EndpointSpec {
+    Address(String),
+    Labelled(LabelledEndpoint),
+}
+
+impl<'de> Deserialize<'de> for EndpointSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = EndpointSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an ip:port address or a map with address and labels")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EndpointSpec, E> {
+                Ok(EndpointSpec::Address(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<EndpointSpec, A::Error> {
+                LabelledEndpoint::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(EndpointSpec::Labelled)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LabelledEndpoint {
+    address: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+impl EndpointSpec {
+    fn address(&self) -> &str {
+        match self {
+            EndpointSpec::Address(a) => a,
+            EndpointSpec::Labelled(l) => &l.address,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -669,13 +774,28 @@ pub fn parse(text: &str, path: &Path, default_policy: &str) -> Result<GatewayPla
         };
         let mut endpoints = Vec::new();
         for e in &p.endpoints {
-            let mut meta = EndpointMeta::parse_addr(&e.value).map_err(|_| E::BadEndpoint {
+            let addr = e.value.address();
+            let mut meta = EndpointMeta::parse_addr(addr).map_err(|_| E::BadEndpoint {
                 line: at(e),
                 pool: name.clone(),
-                endpoint: e.value.clone(),
+                endpoint: addr.to_string(),
             })?;
             if endpoints.iter().any(|m: &EndpointMeta| m.address == meta.address) {
-                return Err(E::DuplicateEndpoint { line: at(e), pool: name.clone(), endpoint: e.value.clone() });
+                return Err(E::DuplicateEndpoint { line: at(e), pool: name.clone(), endpoint: addr.to_string() });
+            }
+            if let EndpointSpec::Labelled(l) = &e.value {
+                if let Some(v) = l.labels.get(COST_PER_HOUR_LABEL)
+                    && parse_cost_per_hour(v).is_none()
+                {
+                    return Err(E::BadCostLabel {
+                        line: at(e),
+                        pool: name.clone(),
+                        endpoint: addr.to_string(),
+                        label: COST_PER_HOUR_LABEL,
+                        value: v.clone(),
+                    });
+                }
+                meta.labels.extend(l.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
             }
             if let Some(engine) = &engine {
                 meta.labels.insert(ENGINE_TYPE_LABEL.to_string(), engine.clone());
@@ -727,10 +847,34 @@ pub fn parse(text: &str, path: &Path, default_policy: &str) -> Result<GatewayPla
         if seen_objectives.insert(o.value.name.clone(), ()).is_some() {
             return Err(E::DuplicateObjective { line: at(o), objective: o.value.name.clone() });
         }
+        let objective = &o.value.name;
+        let ms = |field: &'static str, v: Option<u64>| match v {
+            None => Ok(None),
+            Some(x) if (1..=3_600_000).contains(&x) => Ok(u32::try_from(x).ok()),
+            Some(value) => Err(E::BadSlo { line: at(o), objective: objective.clone(), field, value }),
+        };
+        let slo = o.value.slo.as_ref();
+        let placement = match &o.value.placement {
+            None => Placement::Fastest,
+            Some(v) => Placement::parse(v).ok_or_else(|| E::BadPlacement {
+                line: at(o),
+                objective: objective.clone(),
+                value: v.clone(),
+            })?,
+        };
+        let goals = ObjectiveGoals {
+            ttft_ms: ms("ttftMs", slo.and_then(|s| s.ttft_ms))?,
+            tpot_ms: ms("tpotMs", slo.and_then(|s| s.tpot_ms))?,
+            placement,
+        };
+        if placement == Placement::Cheapest && !goals.has_slo() {
+            return Err(E::CheapestWithoutSlo { line: at(o), objective: objective.clone() });
+        }
         objectives.push(InferenceObjective {
-            id: ObjectRef::new(NAMESPACE, &o.value.name),
+            id: ObjectRef::new(NAMESPACE, objective),
             priority: o.value.priority.unwrap_or(0),
             legacy_model_name: None,
+            goals,
         });
     }
 
@@ -916,6 +1060,45 @@ rewrites:
         assert_eq!(plan.pools[1].endpoints[0].engine_label(), Some("sglang"));
         assert_eq!(plan.pools[0].scheduler_source, "policy least-queue");
         assert_eq!(plan.objectives[1].priority, -1);
+    }
+
+    #[test]
+    fn objectives_state_slos_and_placement_and_endpoints_carry_labels() {
+        let text = "\
+pools:
+- name: p
+  endpoints:
+  - 10.0.0.1:8000
+  - address: 10.0.0.2:8000
+    labels: {igw.dev/cost-per-hour: '1.01', inference.networking.k8s.io/accelerator: A10G}
+  policy: igw-latency
+objectives:
+- name: batch
+  slo: {ttftMs: 3000, tpotMs: 50}
+  placement: cheapest
+- name: chat
+  slo: {ttftMs: 500}
+";
+        let plan = parse(text, Path::new("gw.yaml"), "igw").unwrap();
+        let eps = &plan.pools[0].endpoints;
+        assert_eq!((eps[0].cost_per_hour(), eps[1].cost_per_hour()), (None, Some(1.01)));
+        assert_eq!(eps[1].accelerator(), Some("A10G"));
+        let g = |i: usize| plan.objectives[i].goals;
+        assert_eq!(g(0), ObjectiveGoals { ttft_ms: Some(3000), tpot_ms: Some(50), placement: Placement::Cheapest });
+        assert_eq!(g(1), ObjectiveGoals { ttft_ms: Some(500), tpot_ms: None, placement: Placement::Fastest });
+        let e = err(&text.replace("'1.01'", "cheap"));
+        assert!(e.contains("line 5") && e.contains("igw.dev/cost-per-hour: \"cheap\" is not a positive number"), "{e}");
+        let e = err(&text.replace("placement: cheapest", "placement: cheap"));
+        assert!(e.contains("line 9") && e.contains("\"cheap\" is neither fastest nor cheapest"), "{e}");
+        let e = err(&text.replace("  slo: {ttftMs: 3000, tpotMs: 50}\n", ""));
+        assert!(e.contains("line 9") && e.contains("cheapest needs an slo"), "{e}");
+        let e = err(&text.replace("ttftMs: 500", "ttftMs: 0"));
+        assert!(e.contains("slo.ttftMs: 0 is not from 1 to 3600000 ms"), "{e}");
+        let e = err(&text.replace("tpotMs: 50}", "tpotMs: 50, p99: 1}"));
+        assert!(e.contains("p99"), "{e}");
+        let e = err(&text.replace("    labels:", "    lables:"));
+        assert!(e.contains("line 6"), "an endpoint that is neither form: {e}");
+        assert!(e.contains("unknown field `lables`"), "{e}");
     }
 
     #[test]

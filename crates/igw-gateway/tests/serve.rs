@@ -476,3 +476,33 @@ async fn igw_latency_learns_each_replica_and_shows_it_on_the_admin_listener() {
     assert!(!metrics.contains("inference_objective_request_slo_violation_total{"), "a 60 s TTFT objective is met");
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cheapest_objective_goes_to_the_cheapest_replica_that_meets_its_slo() {
+    let (fa, fb) = (fleet("m", "127.0.0.1", 0.05).await, fleet("m", "127.0.0.1", 0.05).await);
+    let dir = temp_dir("cheapest");
+    let path = dir.join("gateway.yaml");
+    let text = format!(
+        "pools:\n- name: p\n  endpoints:\n  - {{address: '{}', labels: {{igw.dev/cost-per-hour: '8.22', inference.networking.k8s.io/accelerator: H100}}}}\n  - {{address: '{}', labels: {{igw.dev/cost-per-hour: '1.01'}}}}\n  models: [m]\n  policy: igw-latency\nobjectives:\n- name: batch\n  slo: {{ttftMs: 60000, tpotMs: 60000}}\n  placement: cheapest\n",
+        fa.addrs()[0],
+        fb.addrs()[0]
+    );
+    write_atomically(&path, &text);
+    let plan = gateway_config::load(&path, "igw").unwrap();
+    let s = start(Source::Config(path.clone(), plan)).await;
+    let body =
+        r#"{"model":"m","prompt":"hello there","max_tokens":4,"stream":true,"stream_options":{"include_usage":true}}"#;
+    for _ in 0..8 {
+        let resp = send(s.addr, "POST", "/v1/completions", &[("x-gateway-inference-objective", "batch")], body).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let served: SocketAddr = resp.headers().get(SERVED_HEADER).unwrap().to_str().unwrap().parse().unwrap();
+        let _ = resp.into_body().collect().await.unwrap();
+        assert_eq!(served, fb.addrs()[0], "the 1.01 replica meets a 60 s objective every time");
+    }
+    let eps = get_json(s.admin_addr, "/debug/endpoints").await;
+    let listed = eps["endpoints"].as_array().unwrap();
+    assert_eq!(listed[0]["accelerator"], "H100", "{eps}");
+    assert_eq!(listed[1]["cost_per_hour"], 1.01, "{eps}");
+    s.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}

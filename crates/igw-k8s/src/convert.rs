@@ -1,7 +1,9 @@
 //! Conversions from the Kubernetes objects into the datastore's types.
 
 use igw_core::datastore::PoolSpec;
-use igw_core::{InferenceObjective as CoreObjective, ModelRewrite, ObjectRef, RewriteRule, TargetModel};
+use igw_core::{
+    InferenceObjective as CoreObjective, ModelRewrite, ObjectRef, ObjectiveGoals, RewriteRule, TargetModel,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::api::{InferenceModelRewrite, InferenceObjective, InferencePool, PoolObjectReference};
@@ -95,10 +97,24 @@ pub fn pool_ref_matches(r: &PoolObjectReference, pool_name: &str) -> bool {
     r.name == pool_name && r.group.as_deref().unwrap_or(POOL_GROUP) == POOL_GROUP
 }
 
-/// The datastore's view of an InferenceObjective. Priorities outside `i32` are clamped.
+/// The datastore's view of an InferenceObjective. Priorities outside `i32` are clamped; its
+/// `igw.dev/slo-*-ms` and `igw.dev/placement` annotations give its goals (an invalid one is
+/// logged and left unset).
 pub fn objective(o: &InferenceObjective) -> CoreObjective {
     let p = o.spec.priority.unwrap_or(0).clamp(i64::from(i32::MIN), i64::from(i32::MAX));
-    CoreObjective { id: id(&o.metadata), priority: i32::try_from(p).unwrap_or_default(), legacy_model_name: None }
+    let annotations = o.metadata.annotations.as_ref();
+    let (goals, problems) =
+        ObjectiveGoals::from_annotations(|k| annotations.and_then(|a| a.get(k)).map(String::as_str));
+    for problem in problems {
+        let name = display(&o.metadata);
+        tracing::warn!(objective = %name, "ignoring annotation {problem}");
+    }
+    CoreObjective {
+        id: id(&o.metadata),
+        priority: i32::try_from(p).unwrap_or_default(),
+        legacy_model_name: None,
+        goals,
+    }
 }
 
 /// The datastore's view of an InferenceModelRewrite. Weights absent everywhere become 0
@@ -152,6 +168,7 @@ pub fn legacy_model(m: &InferenceModel) -> Result<(CoreObjective, Option<ModelRe
         id: id(&m.metadata),
         priority: m.spec.criticality.map_or(0, legacy::Criticality::priority),
         legacy_model_name: Some(m.spec.model_name.clone()),
+        goals: ObjectiveGoals::default(),
     };
     let rewrite = (!m.spec.target_models.is_empty()).then(|| ModelRewrite {
         id: id(&m.metadata),

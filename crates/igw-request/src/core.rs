@@ -970,6 +970,7 @@ mod tests {
             id: igw_core::ObjectRef::new("default", "batch"),
             priority: -1,
             legacy_model_name: None,
+            goals: Default::default(),
         });
         let now = Instant::from_millis(5);
         let s = ds.snapshot();

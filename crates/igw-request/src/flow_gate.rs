@@ -270,6 +270,7 @@ mod tests {
                 id: ObjectRef::new("default", name),
                 priority,
                 legacy_model_name: None,
+                goals: Default::default(),
             });
         }
         let clock = Arc::new(ManualClock::default());

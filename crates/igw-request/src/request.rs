@@ -124,7 +124,8 @@ impl RequestHead {
         if !body.is_empty() {
             mutations.set_header(headers::CONTENT_LENGTH, body.len().to_string());
         }
-        let priority = snapshot.priority_for(self.control.objective.as_deref(), &parsed.model);
+        let objective = snapshot.objective_for(self.control.objective.as_deref(), &parsed.model);
+        let (priority, goals) = objective.map_or((0, Default::default()), |o| (o.priority, o.goals));
         let request = InferenceRequest {
             request_id: self.request_id,
             model: parsed.model,
@@ -137,6 +138,7 @@ impl RequestHead {
             fairness_id: self.control.fairness_id().to_string(),
             objective: self.control.objective.clone(),
             priority,
+            goals,
             headers: self.headers,
             body_bytes: body.len(),
         };
@@ -256,6 +258,7 @@ mod tests {
             id: ObjectRef::new("ns", name),
             priority,
             legacy_model_name: legacy.map(str::to_string),
+            goals: Default::default(),
         };
         Snapshot {
             endpoints: eps,

@@ -29,6 +29,7 @@ fn exposition() -> Vec<String> {
         id: ObjectRef::new("default", "batch"),
         priority: -1,
         legacy_model_name: None,
+        goals: Default::default(),
     });
     ds.apply_rewrite(igw_core::ModelRewrite {
         id: ObjectRef::new("default", "canary"),

@@ -197,6 +197,15 @@ pub struct Prediction {
     /// each request already running there waits per token of this one's prefill
     /// ([`Prediction::imposed_s`]).
     pub prefill_per_token_s: f64,
+    /// The endpoint's speed factor the prediction used: its time per unit of work relative to
+    /// the pool's shape (above 1 is slower). What an output token costs there is its price per
+    /// hour times this.
+    pub slowness: f64,
+    /// What 95% of the endpoint's recent TTFTs stayed within, as a multiple of their
+    /// predictions (≥ 1; 1 before any sample).
+    pub ttft_overrun: f64,
+    /// The same for TPOT.
+    pub tpot_overrun: f64,
     /// The inputs it was made from (kept to learn from the outcome).
     pub features: Features,
 }
@@ -361,6 +370,40 @@ struct Speed {
     tpot_samples: u64,
     ttft_err: Option<f64>,
     tpot_err: Option<f64>,
+    /// Running 95th percentiles of ln(observed / predicted) TTFT and TPOT: how far outcomes
+    /// overrun predictions here (a packed endpoint's batch keeps growing after a request joins).
+    ttft_overrun: Overrun,
+    tpot_overrun: Overrun,
+}
+
+/// A running quantile of ln(observed / predicted), by stochastic approximation: every sample
+/// above it moves it up by `OVERRUN_STEP × q`, every other down by `OVERRUN_STEP × (1 − q)`, so
+/// it settles where a fraction `1 − q` of the samples lie above it, tracking drift without
+/// keeping samples.
+#[derive(Debug, Clone, Copy, Default)]
+struct Overrun {
+    ln: f64,
+}
+
+/// The quantile [`Overrun`] tracks: `cheapest` placement counts an endpoint as meeting an SLO
+/// when the prediction, overrun by what 95% of its outcomes stayed within, still does.
+const OVERRUN_QUANTILE: f64 = 0.95;
+/// Step of [`Overrun`] in ln units (2%: it follows drift within about fifty samples).
+const OVERRUN_STEP: f64 = 0.02;
+
+impl Overrun {
+    fn learn(&mut self, predicted: f64, seen: f64) {
+        if !(predicted > 0.0 && seen > 0.0) {
+            return;
+        }
+        let r = (seen / predicted).ln();
+        self.ln += if r > self.ln { OVERRUN_STEP * OVERRUN_QUANTILE } else { -OVERRUN_STEP * (1.0 - OVERRUN_QUANTILE) };
+    }
+
+    /// The factor a prediction is multiplied by to cover 95% of outcomes; never below 1.
+    fn factor(self) -> f64 {
+        self.ln.max(0.0).exp()
+    }
 }
 
 /// Weight of a new sample in an endpoint's speed factors.
@@ -397,6 +440,10 @@ pub struct EndpointView {
     pub ttft_error: Option<f64>,
     /// Mean |relative error| of its recent TPOT predictions.
     pub tpot_error: Option<f64>,
+    /// What 95% of its recent TTFTs stayed within, as a multiple of the prediction (≥ 1).
+    pub ttft_overrun: f64,
+    /// The same for TPOT.
+    pub tpot_overrun: f64,
 }
 
 /// A learned model's coefficients, for `/debug/endpoints`.
@@ -557,11 +604,11 @@ impl LatencyModel {
             // shape), not speed. Learning TTFT factors per endpoint was tried: a factor learned
             // while an endpoint was queued outlives the queue (its requests stop coming, so no
             // sample corrects it) and the endpoint idles under overload.
-            let ln = match st.endpoints.get(id) {
-                None => mean,
+            let (ln, overrun) = match st.endpoints.get(id) {
+                None => (mean, (1.0, 1.0)),
                 Some(sp) => {
                     let w = (sp.tpot_samples as f64 / trust).min(1.0);
-                    w * sp.ln_speed + (1.0 - w) * mean
+                    (w * sp.ln_speed + (1.0 - w) * mean, (sp.ttft_overrun.factor(), sp.tpot_overrun.factor()))
                 }
             };
             let k = ln.exp();
@@ -569,6 +616,9 @@ impl LatencyModel {
                 ttft_s: (base.0 * k).max(MIN_S),
                 tpot_s: (base.1 * k).max(MIN_S),
                 prefill_per_token_s: st.pool.ttft.theta[1] * 1e-3 * k,
+                slowness: k,
+                ttft_overrun: overrun.0,
+                tpot_overrun: overrun.1,
                 features: *f,
             });
         }
@@ -605,6 +655,7 @@ impl LatencyModel {
         let sp = st.endpoints.entry(endpoint).or_default();
         if let Some(y) = ttft {
             track(&mut sp.ttft_err, predicted.ttft_s, y);
+            sp.ttft_overrun.learn(predicted.ttft_s, y);
             sp.ttft_samples += 1;
             // The pool learns the shape of a speed-1 engine.
             let k = sp.ln_speed.exp();
@@ -613,6 +664,7 @@ impl LatencyModel {
         let sp = st.endpoints.entry(endpoint).or_default();
         if let Some(y) = tpot {
             track(&mut sp.tpot_err, predicted.tpot_s, y);
+            sp.tpot_overrun.learn(predicted.tpot_s, y);
             Speed::learn(&mut sp.ln_speed, &mut sp.tpot_samples, y, base.1);
             let k = sp.ln_speed.exp();
             st.pool.tpot.update(&xd, y / k, lambda.max(0.995));
@@ -628,6 +680,8 @@ impl LatencyModel {
             tpot_factor: sp.ln_speed.exp(),
             ttft_error: sp.ttft_err,
             tpot_error: sp.tpot_err,
+            ttft_overrun: sp.ttft_overrun.factor(),
+            tpot_overrun: sp.tpot_overrun.factor(),
         })
     }
 

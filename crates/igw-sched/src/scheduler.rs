@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use igw_core::{Endpoint, InferenceRequest, Instant};
+use igw_core::{Endpoint, InferenceRequest, Instant, Placement};
 use rand::Rng;
 use rand::seq::SliceRandom;
 
@@ -491,15 +491,22 @@ impl Scheduler {
             .collect();
         let mut preds = Vec::with_capacity(cands.len());
         model.predict_all(&ids, &features, &mut preds);
+        let tiers = if req.goals.placement == Placement::Cheapest && slo.is_set() {
+            cost_tiers(cands, &preds, slo)
+        } else {
+            Vec::new()
+        };
         let totals = preds
             .iter()
             .zip(cands)
-            .map(|(p, c)| {
+            .enumerate()
+            .map(|(i, (p, c))| {
                 // An idle endpoint is never ruled out by its prediction (a model can be wrong;
                 // an idle engine is the best any request can get).
                 let idle = c.metrics.waiting == 0 && c.metrics.running == 0 && c.unseen == 0;
                 let miss = !idle && !slo.met_by(p);
-                -(p.e2e_s(output_tokens) + p.imposed_s()) - if miss { INFEASIBLE } else { 0.0 }
+                let tier = tiers.get(i).copied().unwrap_or(0.0);
+                -(p.e2e_s(output_tokens) + p.imposed_s()) - tier * TIER_S - if miss { INFEASIBLE } else { 0.0 }
             })
             .collect();
         (totals, preds)
@@ -656,6 +663,39 @@ fn uncached_on(decision: &Decision, endpoint: &Endpoint) -> f64 {
 /// Subtracted from a candidate's total when it is predicted to miss the request's SLO: every
 /// candidate that meets it ranks first.
 pub const INFEASIBLE: f64 = 1e9;
+
+/// Seconds subtracted per cost tier under `cheapest` placement: more than any predicted latency,
+/// so a cheaper tier always ranks first, less than [`INFEASIBLE`] over every tier.
+const TIER_S: f64 = 1e5;
+/// The tier of a candidate `cheapest` placement cannot rank by price: it is predicted to miss
+/// the SLO, or has no price. Such candidates rank after every priced one that meets the SLO,
+/// among themselves as under `fastest`.
+const UNRANKED_TIER: f64 = 1000.0;
+/// Relative price step between two tiers: endpoints within 25% of each other's price per token
+/// share a tier and are ranked by latency (their learned speeds differ by noise).
+const TIER_STEP: f64 = 1.25;
+
+/// `cheapest` placement: each candidate's cost tier, 0 for the cheapest price per output token
+/// (price per hour × learned slowness) among the candidates predicted to meet `slo`, one more per
+/// 25% above it; [`UNRANKED_TIER`] for a candidate predicted to miss it or without a price.
+/// Meeting it means with the endpoint's learned overrun ([`Slo::surely_met_by`]): packing a
+/// request onto the cheapest endpoint that barely meets the SLO at join time misses it once
+/// later requests join the batch. The prediction decides here even for an idle endpoint: an
+/// idle but too slow accelerator is not a cheap way to meet the objective.
+fn cost_tiers(cands: &[Candidate], preds: &[Prediction], slo: &Slo) -> Vec<f64> {
+    let per_token: Vec<Option<f64>> = cands
+        .iter()
+        .zip(preds)
+        .map(|(c, p)| c.endpoint.meta().cost_per_hour().filter(|_| slo.surely_met_by(p)).map(|h| h * p.slowness))
+        .collect();
+    let Some(min) = per_token.iter().flatten().copied().reduce(f64::min) else {
+        return vec![UNRANKED_TIER; cands.len()];
+    };
+    per_token
+        .iter()
+        .map(|c| c.map_or(UNRANKED_TIER, |x| ((x / min).ln() / TIER_STEP.ln()).floor().clamp(0.0, UNRANKED_TIER - 1.0)))
+        .collect()
+}
 
 /// Exploration: with probability `p`, a uniformly drawn candidate among those predicted within
 /// 1.5× of the best (and as feasible as the best) becomes the primary; the rest keep their order.
@@ -964,6 +1004,69 @@ mod tests {
         set_full(&s.endpoints[1], 20, 50, now);
         req.headers.clear();
         assert!(sched.schedule(&req, &s.endpoints, 1, now, &mut rng).is_ok());
+    }
+
+    #[test]
+    fn cheapest_placement_takes_the_cheapest_endpoint_that_meets_the_slo() {
+        // 0: $8.22/h, 1: $1.01/h, 2: no price.
+        let ds = Datastore::with_endpoints((0..3).map(|i| {
+            let mut m = EndpointMeta::parse_addr(&format!("10.0.0.{i}:8000")).unwrap();
+            if let Some(price) = ["8.22", "1.01"].get(i) {
+                m.labels.insert(igw_core::endpoint::COST_PER_HOUR_LABEL.into(), (*price).into());
+            }
+            m
+        }));
+        let s = ds.snapshot();
+        let now = Instant::from_millis(10);
+        set_full(&s.endpoints[0], 0, 0, now);
+        set_full(&s.endpoints[1], 0, 8, now);
+        set_full(&s.endpoints[2], 0, 0, now);
+        let sched = Scheduler::from_policy("igw-latency").unwrap();
+        let mut rng = SmallRng::seed_from_u64(3);
+        let mut req = InferenceRequest::text("m", "hi");
+        req.goals.ttft_ms = Some(2_000);
+        let pick = |req: &InferenceRequest, rng: &mut SmallRng| {
+            sched
+                .schedule(req, &s.endpoints, 3, now, rng)
+                .unwrap()
+                .endpoints
+                .iter()
+                .map(|e| e.id().0)
+                .collect::<Vec<_>>()
+        };
+        assert_ne!(pick(&req, &mut rng)[0], 1, "fastest placement: an idle endpoint, not the busy cheap one");
+        req.goals.placement = Placement::Cheapest;
+        assert_eq!(
+            pick(&req, &mut rng),
+            vec![1, 0, 2],
+            "the cheap one while it meets 2 s, then by price, unpriced last"
+        );
+        // A 50 ms objective the busy cheap endpoint is predicted to miss: the next price up.
+        set_full(&s.endpoints[1], 20, 50, now);
+        req.goals.ttft_ms = Some(50);
+        assert_eq!(pick(&req, &mut rng)[0], 0);
+        // Without any objective there is nothing to be cheap within: placement by latency.
+        req.goals.ttft_ms = None;
+        assert_ne!(pick(&req, &mut rng)[0], 1);
+        // Price per token is price per hour times learned slowness: at $1.01/h but sixteen times
+        // slower, endpoint 1 costs twice what endpoint 0 does per token (three 25% tiers up).
+        let tiers = cost_tiers(
+            &s.endpoints
+                .iter()
+                .map(|e| Candidate { endpoint: e.clone(), metrics: e.metrics(), unseen: 0, expected_wait: 0.0 })
+                .collect::<Vec<_>>(),
+            &[0usize, 1, 2].map(|i| Prediction {
+                ttft_s: 0.1,
+                tpot_s: 0.01,
+                prefill_per_token_s: 1e-4,
+                slowness: [1.0, 16.0, 1.0][i],
+                ttft_overrun: 1.0,
+                tpot_overrun: 1.0,
+                features: Features::default(),
+            }),
+            &Slo { ttft_s: Some(1.0), tpot_s: None },
+        );
+        assert_eq!(tiers, vec![0.0, 3.0, UNRANKED_TIER], "{tiers:?}");
     }
 
     #[test]

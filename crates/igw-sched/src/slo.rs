@@ -3,7 +3,8 @@
 //! `x-llm-d-slo-ttft-ms` and `x-llm-d-slo-tpot-ms` (the older `x-slo-ttft-ms` / `x-slo-tpot-ms`
 //! are accepted when the new ones are absent): milliseconds, a positive number. A value that is
 //! not one is ignored (the request is scheduled without that objective) and counted by the
-//! request path; it never fails the request.
+//! request path; it never fails the request. An objective's targets (the gateway file's `slo`,
+//! the `igw.dev/slo-*-ms` annotations) apply where the headers state none.
 
 use igw_core::InferenceRequest;
 
@@ -34,10 +35,19 @@ pub fn parse_ms(v: &str) -> Option<f64> {
 }
 
 impl Slo {
-    /// The objective `req`'s headers state.
+    /// The objective `req` states: its headers, else (field by field) its InferenceObjective's
+    /// targets.
     pub fn from_request(req: &InferenceRequest) -> Self {
-        let ms = |new: &str, old: &str| req.header(new).or_else(|| req.header(old)).and_then(parse_ms);
-        Slo { ttft_s: ms(TTFT_HEADER, TTFT_HEADER_OLD), tpot_s: ms(TPOT_HEADER, TPOT_HEADER_OLD) }
+        let ms = |new: &str, old: &str, goal: Option<u32>| {
+            req.header(new)
+                .or_else(|| req.header(old))
+                .and_then(parse_ms)
+                .or_else(|| goal.map(|g| f64::from(g) / 1000.0))
+        };
+        Slo {
+            ttft_s: ms(TTFT_HEADER, TTFT_HEADER_OLD, req.goals.ttft_ms),
+            tpot_s: ms(TPOT_HEADER, TPOT_HEADER_OLD, req.goals.tpot_ms),
+        }
     }
 
     /// True when any objective is stated.
@@ -48,6 +58,14 @@ impl Slo {
     /// True when `p` meets every stated objective.
     pub fn met_by(&self, p: &Prediction) -> bool {
         self.ttft_s.is_none_or(|s| p.ttft_s <= s) && self.tpot_s.is_none_or(|s| p.tpot_s <= s)
+    }
+
+    /// True when `p`, overrun as the endpoint's outcomes recently overran their predictions
+    /// (95% of them), still meets every stated objective: what `cheapest` placement asks before
+    /// packing a request onto an endpoint.
+    pub fn surely_met_by(&self, p: &Prediction) -> bool {
+        self.ttft_s.is_none_or(|s| p.ttft_s * p.ttft_overrun <= s)
+            && self.tpot_s.is_none_or(|s| p.tpot_s * p.tpot_overrun <= s)
     }
 
     /// Which stated objectives an outcome missed: (TTFT, TPOT).
@@ -79,5 +97,19 @@ mod tests {
         }
         assert_eq!(s.missed(Some(0.3), Some(0.01)), (true, false));
         assert_eq!(s.missed(None, None), (false, false));
+    }
+
+    #[test]
+    fn the_objective_fills_what_the_headers_leave_out() {
+        let mut req = InferenceRequest::text("m", "hi");
+        req.goals.ttft_ms = Some(2_000);
+        req.goals.tpot_ms = Some(50);
+        assert_eq!(Slo::from_request(&req), Slo { ttft_s: Some(2.0), tpot_s: Some(0.05) });
+        req.headers = vec![(TTFT_HEADER.into(), "300".into()), (TPOT_HEADER.into(), "bad".into())];
+        assert_eq!(
+            Slo::from_request(&req),
+            Slo { ttft_s: Some(0.3), tpot_s: Some(0.05) },
+            "header wins, bad falls back"
+        );
     }
 }

@@ -215,6 +215,31 @@ fn objectives_whose_pool_ref_names_the_pool() {
     assert_eq!(ds.snapshot().objectives.keys().collect::<Vec<_>>(), ["unset"]);
 }
 
+#[test]
+fn objective_annotations_give_slos_and_placement_and_bad_ones_are_left_unset() {
+    let (ds, mut r) = setup();
+    let annotated = |name: &str, pairs: &[(&str, &str)]| {
+        let mut o = objective(name, "p", None, Some(1));
+        o.metadata.annotations = Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        o
+    };
+    r.objective(Event::Restarted(vec![
+        annotated(
+            "batch",
+            &[("igw.dev/slo-ttft-ms", "3000"), ("igw.dev/slo-tpot-ms", "50"), ("igw.dev/placement", "cheapest")],
+        ),
+        annotated("odd", &[("igw.dev/slo-ttft-ms", "soon"), ("igw.dev/placement", "cheap")]),
+    ]));
+    let snap = ds.snapshot();
+    let goals = |n: &str| snap.objective_for(Some(n), "m").unwrap().goals;
+    assert_eq!(
+        goals("batch"),
+        igw_core::ObjectiveGoals { ttft_ms: Some(3000), tpot_ms: Some(50), placement: igw_core::Placement::Cheapest }
+    );
+    assert_eq!(goals("odd"), igw_core::ObjectiveGoals::default(), "invalid annotations are ignored");
+    assert_eq!(snap.priority_for(Some("odd"), "m"), 1, "and the objective still applies");
+}
+
 fn rewrite(name: &str, pool: &str, matches: &[&str], targets: &[(&str, Option<i32>)]) -> InferenceModelRewrite {
     InferenceModelRewrite {
         metadata: meta(name),

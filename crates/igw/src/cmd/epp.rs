@@ -198,6 +198,7 @@ async fn serve(args: EppArgs) -> anyhow::Result<()> {
         id: igw_core::ObjectRef::new(igw_gateway::config::NAMESPACE, name),
         priority: *priority,
         legacy_model_name: None,
+        goals: igw_core::ObjectiveGoals::default(),
     }));
     // Kubernetes mode (--pool-name / --endpoint-selector): igw-k8s's watchers feed the datastore.
     let discovery = if args.endpoints.is_empty() {
