@@ -1,5 +1,6 @@
 //! Routing policies by name for the simulator: igw's scheduler policies (igw's own, the upstream
-//! default, round robin, random, and the peer models `sglang-cache-aware` and `power-of-two`, all
+//! default, round robin, random, and the peer models `sglang-cache-aware`, `power-of-two`,
+//! `dynamo-kv` and `llm-d`, all
 //! [`igw_sched::Scheduler`] policies that `igw serve --policy` runs too), EndpointPickerConfig
 //! files, and `+flow` for flow control in front of them.
 
@@ -28,6 +29,7 @@ pub const POLICY_NAMES: &[&str] = &[
     "dynamo-kv",
     "igw-latency",
     "igw-latency+flow",
+    "llm-d",
 ];
 
 /// A routing policy ready to run one simulation.

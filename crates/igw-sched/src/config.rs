@@ -224,6 +224,32 @@ struct TokenLoadParams {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NoHitLruParams {
+    lru_size: Option<usize>,
+    // Which prefix plugin to read: igw has one prefix index per scheduler.
+    #[allow(dead_code)]
+    prefix_plugin_type: Option<String>,
+    #[allow(dead_code)]
+    prefix_plugin_name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AffinityFilterParams {
+    affinity_threshold: Option<f64>,
+    exploration_probability: Option<f64>,
+    #[serde(rename = "maxTTFTPenaltyMs")]
+    max_ttft_penalty_ms: Option<f64>,
+    ttft_source: Option<String>,
+    peak_prefill_throughput: Option<f64>,
+    #[allow(dead_code)]
+    prefix_match_info_producer_name: Option<String>,
+    #[allow(dead_code)]
+    in_flight_load_producer_name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct LoadAwareParams {
     threshold: Option<u32>,
 }
@@ -265,6 +291,10 @@ struct LatencyParams {
 
 enum Built {
     Scorer(Scorer, Option<PrefixConfig>),
+    /// `no-hit-lru-scorer` with its `lruSize`.
+    NoHitLru(usize),
+    /// `prefix-cache-affinity-filter`.
+    Affinity(crate::affinity::AffinityFilter),
     /// `latency-scorer` / `predicted-latency-producer`: the predicted-latency picker.
     Latency(Option<crate::latency::LatencyConfig>),
     Picker(Picker),
@@ -367,6 +397,37 @@ fn build(p: &Spanned<PluginSpec>, name: &str) -> Result<Built, ConfigError> {
             positive(q.prior_step_ms, "priorStepMs", 1e-3, &mut c.prior.step_s)?;
             positive(q.prior_wait_per_request_ms, "priorWaitPerRequestMs", 1e-3, &mut c.prior.wait_per_request_s)?;
             Built::Latency(Some(c))
+        }
+        "no-hit-lru-scorer" => {
+            let q: NoHitLruParams = params(p, name)?;
+            Built::NoHitLru(q.lru_size.unwrap_or(crate::affinity::DEFAULT_LRU_SIZE).max(1))
+        }
+        "prefix-cache-affinity-filter" => {
+            let q: AffinityFilterParams = params(p, name)?;
+            let bad = |reason: String| ConfigError::Parameters {
+                name: name.into(),
+                kind: kind.into(),
+                line: p.defined.line(),
+                reason,
+            };
+            match q.ttft_source.as_deref() {
+                None | Some("prefillThroughput") => {}
+                Some("latencyPredictor") => {
+                    return Err(bad("ttftSource latencyPredictor is not supported: igw-latency predicts TTFT itself \
+                                    (policy igw-latency); use prefillThroughput"
+                        .into()));
+                }
+                Some(other) => return Err(bad(format!("ttftSource must be prefillThroughput, not {other:?}"))),
+            }
+            let d = crate::affinity::AffinityFilter::default();
+            let f = crate::affinity::AffinityFilter {
+                threshold: q.affinity_threshold.unwrap_or(d.threshold),
+                exploration: q.exploration_probability.unwrap_or(d.exploration),
+                max_ttft_penalty_ms: q.max_ttft_penalty_ms.unwrap_or(d.max_ttft_penalty_ms),
+                peak_prefill_tps: q.peak_prefill_throughput.unwrap_or(d.peak_prefill_tps),
+            };
+            f.validate().map_err(bad)?;
+            Built::Affinity(f)
         }
         "load-aware-scorer" => {
             let t: LoadAwareParams = params(p, name)?;
@@ -497,6 +558,8 @@ impl EndpointPickerConfig {
         let mut picker = None;
         let mut prefix = None;
         let mut latency = false;
+        let mut lru_size = None;
+        let mut affinity = None;
         for r in &refs {
             let (built, _) = plugins
                 .get(&r.plugin_ref)
@@ -508,6 +571,11 @@ impl EndpointPickerConfig {
                     }
                     scorers.push((*s, r.weight.unwrap_or(1.0)));
                 }
+                Built::NoHitLru(size) => {
+                    lru_size = Some(*size);
+                    scorers.push((Scorer::NoHitLru, r.weight.unwrap_or(1.0)));
+                }
+                Built::Affinity(f) => affinity = Some(*f),
                 Built::Picker(p) => picker = Some(*p),
                 Built::Latency(_) => latency = true,
                 Built::Detector(_) | Built::Other => {}
@@ -541,7 +609,15 @@ impl EndpointPickerConfig {
         }
         let picker = picker
             .or_else(|| plugins.values().find_map(|(b, _)| if let Built::Picker(p) = b { Some(*p) } else { None }));
-        let mut sched = Scheduler::new(name, scorers, picker.unwrap_or(Picker::MaxScore), prefix);
+        if affinity.is_some() && prefix.is_none() {
+            return Err(ConfigError::Invalid(
+                "prefix-cache-affinity-filter reads the prefix-cache-scorer's matches; add a prefix-cache-scorer"
+                    .into(),
+            ));
+        }
+        let mut sched = Scheduler::new(name, scorers, picker.unwrap_or(Picker::MaxScore), prefix)
+            .with_affinity_filter(affinity)
+            .with_no_hit_lru_size(lru_size.unwrap_or(crate::affinity::DEFAULT_LRU_SIZE));
         let detector_ref = self.saturation_detector.as_ref().and_then(|d| d.plugin_ref.clone());
         let detector = match &detector_ref {
             Some(r) => match plugins.get(r) {
@@ -633,6 +709,49 @@ schedulingProfiles:
         let bad = text.replace("forgetting: 0.98", "forgetting: 2");
         let e = scheduler_from_yaml(&bad).unwrap_err().to_string();
         assert!(e.contains("forgetting") && e.contains("line 4"), "{e}");
+    }
+
+    #[test]
+    fn llm_ds_optimized_baseline_loads_as_the_llm_d_policy() {
+        let text = "\
+plugins:
+- type: prefix-cache-affinity-filter
+  parameters: {affinityThreshold: 0.9, maxTTFTPenaltyMs: 5000}
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- type: prefix-cache-scorer
+  parameters: {igwMatchMode: upstream}
+- type: no-hit-lru-scorer
+  parameters: {lruSize: 64}
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: prefix-cache-affinity-filter
+  - pluginRef: queue-scorer
+    weight: 2
+  - pluginRef: kv-cache-utilization-scorer
+    weight: 2
+  - pluginRef: prefix-cache-scorer
+    weight: 3
+  - pluginRef: no-hit-lru-scorer
+    weight: 2
+";
+        let s = scheduler_from_yaml(text).unwrap();
+        let named = Scheduler::from_policy("llm-d").unwrap();
+        assert_eq!(s.scorer_weights(), named.scorer_weights());
+        let f = s.affinity_filter().unwrap();
+        assert_eq!((f.threshold, f.max_ttft_penalty_ms, f.peak_prefill_tps), (0.9, 5000.0, 15_928.0));
+        assert_eq!(named.affinity_filter(), Some(&crate::affinity::AffinityFilter::default()));
+        let e = scheduler_from_yaml(&text.replace("affinityThreshold: 0.9", "affinityThreshold: 1.5")).unwrap_err();
+        assert!(e.to_string().contains("line 2") && e.to_string().contains("affinityThreshold"), "{e}");
+        let e =
+            scheduler_from_yaml(&text.replace("maxTTFTPenaltyMs: 5000", "ttftSource: latencyPredictor")).unwrap_err();
+        assert!(e.to_string().contains("latencyPredictor"), "{e}");
+        let e = scheduler_from_yaml(&text.replace("lruSize: 64", "lruSizes: 64")).unwrap_err();
+        assert!(e.to_string().contains("lruSizes"), "{e}");
+        let no_prefix = text.replace("  - pluginRef: prefix-cache-scorer\n    weight: 3\n", "");
+        let e = scheduler_from_yaml(&no_prefix).unwrap_err();
+        assert!(e.to_string().contains("add a prefix-cache-scorer"), "{e}");
     }
 
     #[test]

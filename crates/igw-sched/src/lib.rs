@@ -6,6 +6,7 @@
 //! - [`scoring`]: upstream's scorers and igw's in-flight blending.
 //! - [`config`]: the upstream `EndpointPickerConfig` file.
 //! - [`legacy`]: the v0.3 filter tree (`legacy-filter-tree`).
+//! - [`affinity`]: llm-d's prefix-cache affinity filter and no-hit LRU scorer (`llm-d`).
 //! - [`latency`]: the predicted-latency model (TTFT and TPOT per endpoint, learned online).
 //! - [`slo`]: a request's latency objective from its headers.
 //! - [`wait`]: expected wait per endpoint (in-flight work ÷ learned service rate).
@@ -14,6 +15,7 @@
 //! - [`flow`]: flow control (priority bands, fairness, ordering, capacity, TTL).
 //! - [`bench`]: the in-process decision benchmark behind `igw bench scheduler`.
 
+pub mod affinity;
 pub mod bench;
 pub mod config;
 pub mod detector;

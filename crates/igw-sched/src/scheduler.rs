@@ -117,6 +117,8 @@ pub struct Scheduler {
     cache_aware: Option<crate::peers::CacheAware>,
     dynamo: Option<crate::peers::DynamoKv>,
     latency: Option<LatencyModel>,
+    affinity: Option<crate::affinity::AffinityFilter>,
+    no_hit: Option<parking_lot::Mutex<crate::affinity::NoHitLru>>,
 }
 
 /// The policies selectable by name.
@@ -132,6 +134,7 @@ pub const POLICY_NAMES: &[&str] = &[
     "sglang-cache-aware",
     "dynamo-kv",
     "igw-latency",
+    "llm-d",
 ];
 
 /// Why a policy could not be built.
@@ -144,7 +147,6 @@ impl Scheduler {
     pub fn new(name: &str, scorers: Vec<(Scorer, f64)>, picker: Picker, prefix: Option<PrefixConfig>) -> Self {
         Scheduler {
             name: name.to_string(),
-            scorers,
             picker,
             prefix: prefix.map(PrefixIndex::new),
             blend_in_flight: false,
@@ -156,7 +158,24 @@ impl Scheduler {
             cache_aware: (picker == Picker::CacheAware).then(crate::peers::CacheAware::new),
             dynamo: (picker == Picker::DynamoKv).then(crate::peers::DynamoKv::default),
             latency: (picker == Picker::PredictedLatency).then(|| LatencyModel::new(LatencyConfig::default())),
+            affinity: None,
+            no_hit: scorers_have(&scorers, Scorer::NoHitLru).then(|| parking_lot::Mutex::new(Default::default())),
+            scorers,
         }
+    }
+
+    /// Run llm-d's `prefix-cache-affinity-filter` before scoring (`None`: no filter).
+    pub fn with_affinity_filter(mut self, filter: Option<crate::affinity::AffinityFilter>) -> Self {
+        self.affinity = filter;
+        self
+    }
+
+    /// The `no-hit-lru-scorer`'s `lruSize` (when that scorer is configured).
+    pub fn with_no_hit_lru_size(mut self, size: usize) -> Self {
+        if self.no_hit.is_some() {
+            self.no_hit = Some(parking_lot::Mutex::new(crate::affinity::NoHitLru::new(size)));
+        }
+        self
     }
 
     /// The latency model's configuration (a [`Picker::PredictedLatency`] scheduler only).
@@ -233,12 +252,21 @@ impl Scheduler {
     ///   past saturation; not the default (see BENCHMARKS.md).
     /// - `legacy-filter-tree`: the v0.3 filter tree and a random pick ([`crate::legacy`]), the
     ///   scheduler behind the blog's published numbers.
+    /// - `llm-d`: llm-d's optimized baseline — `prefix-cache-affinity-filter` (threshold 0.80,
+    ///   18 s TTFT gate at 15,928 prefill tokens/s), then queue-scorer 2, kv-cache-utilization-scorer
+    ///   2, prefix-cache-scorer 3 and no-hit-lru-scorer 2 ([`crate::affinity`]), max-score.
     /// - `random` (a Kubernetes Service), `round-robin` (IPVS / Envoy), `least-queue`
     ///   (queue-scorer alone, max-score).
     pub fn from_policy(name: &str) -> Result<Self, UnknownPolicy> {
         let upstream = vec![(Scorer::Queue, 2.0), (Scorer::KvCache, 2.0), (Scorer::Prefix, 3.0)];
         Ok(match name {
             "upstream-default" => Scheduler::new(name, upstream, Picker::MaxScore, Some(PrefixConfig::upstream())),
+            "llm-d" => {
+                let mut scorers = upstream;
+                scorers.push((Scorer::NoHitLru, 2.0));
+                Scheduler::new(name, scorers, Picker::MaxScore, Some(PrefixConfig::upstream()))
+                    .with_affinity_filter(Some(crate::affinity::AffinityFilter::default()))
+            }
             "igw" => {
                 // Upstream's default has no LoRA signal: a request for an adapter lands wherever
                 // the queue is shortest and the engine loads the adapter there, evicting another.
@@ -290,6 +318,11 @@ impl Scheduler {
     /// The scorers and their weights, by upstream type name.
     pub fn scorer_weights(&self) -> Vec<(&'static str, f64)> {
         self.scorers.iter().map(|(s, w)| (s.type_name(), *w)).collect()
+    }
+
+    /// The `prefix-cache-affinity-filter`, when configured.
+    pub fn affinity_filter(&self) -> Option<&crate::affinity::AffinityFilter> {
+        self.affinity.as_ref()
     }
 
     /// The prefix index, when prefix scoring is on.
@@ -367,6 +400,19 @@ impl Scheduler {
             }
             None => (Vec::new(), None),
         };
+        if let (Some(f), Some(m)) = (&self.affinity, &matched) {
+            let blocks = hashes.len().max(1) as f64;
+            let ratios: Vec<f64> = cands.iter().map(|c| f64::from(m.matched(c.endpoint.id())) / blocks).collect();
+            let tokens: Vec<u64> = cands.iter().map(|c| c.endpoint.in_flight().tokens()).collect();
+            let draw = if f.exploration > 0.0 { rng.random::<f64>() } else { 1.0 };
+            if let Some(keep) = f.keep(&ratios, &tokens, draw) {
+                let mut k = keep.into_iter();
+                cands.retain(|_| k.next().unwrap_or(true));
+            }
+        }
+        // A cold request (no candidate holds any of its prefix), for the no-hit LRU.
+        let cold = self.no_hit.is_some()
+            && matched.as_ref().is_none_or(|m| cands.iter().all(|c| m.matched(c.endpoint.id()) == 0));
         let max = max.clamp(1, cands.len());
         let slo = Slo::from_request(req);
         let output_tokens = match (req.max_tokens, self.latency.as_ref().and_then(LatencyModel::mean_output_tokens)) {
@@ -419,9 +465,9 @@ impl Scheduler {
                 }
                 Some(totals)
             }
-            Picker::MaxScore => Some(self.score(req, &cands, matched.as_ref())),
+            Picker::MaxScore => Some(self.score(req, &cands, matched.as_ref(), cold)),
             Picker::WeightedRandom => {
-                let totals = self.score(req, &cands, matched.as_ref());
+                let totals = self.score(req, &cands, matched.as_ref(), cold);
                 if totals.iter().all(|t| *t <= 0.0) {
                     cands.shuffle(rng);
                     None
@@ -447,6 +493,9 @@ impl Scheduler {
                 (idx.iter().map(|&i| cands[i].endpoint.clone()).collect(), idx.iter().map(|&i| totals[i]).collect())
             }
         };
+        if cold && let Some(lru) = &self.no_hit {
+            lru.lock().touch(endpoints[0].id());
+        }
         let prefix_matched_blocks = matched.as_ref().map_or(0, |m| m.matched(endpoints[0].id()));
         Ok(Decision {
             endpoints,
@@ -512,13 +561,19 @@ impl Scheduler {
         (totals, preds)
     }
 
-    fn score(&self, req: &InferenceRequest, cands: &[Candidate], prefix: Option<&PrefixMatch>) -> Vec<f64> {
+    fn score(&self, req: &InferenceRequest, cands: &[Candidate], prefix: Option<&PrefixMatch>, cold: bool) -> Vec<f64> {
         let session = if self.scorers.iter().any(|(s, _)| *s == Scorer::SessionAffinity) {
             req.header(crate::session::SESSION_TOKEN_HEADER).and_then(crate::session::decode_token)
         } else {
             None
         };
-        let input = ScoreInput { target_model: &req.target_model, prefix, session: session.as_deref() };
+        let lru = self.no_hit.as_ref().map(|m| m.lock());
+        let input = ScoreInput {
+            target_model: &req.target_model,
+            prefix,
+            session: session.as_deref(),
+            no_hit: lru.as_deref().map(|l| (l, cold)),
+        };
         let mut totals = vec![0.0; cands.len()];
         let mut scratch = vec![0.0; cands.len()];
         for (scorer, weight) in &self.scorers {
@@ -652,6 +707,10 @@ impl Scheduler {
             index.retain(keep);
         }
     }
+}
+
+fn scorers_have(scorers: &[(Scorer, f64)], s: Scorer) -> bool {
+    scorers.iter().any(|(x, _)| *x == s)
 }
 
 /// The prompt tokens `endpoint` was expected to prefill for `decision` (the whole prompt when the
@@ -1067,6 +1126,36 @@ mod tests {
             &Slo { ttft_s: Some(1.0), tpot_s: None },
         );
         assert_eq!(tiers, vec![0.0, 3.0, UNRANKED_TIER], "{tiers:?}");
+    }
+
+    #[test]
+    fn llm_d_sticks_to_a_cached_prefix_and_spreads_cold_requests() {
+        let ds = pool(3);
+        let s = ds.snapshot();
+        let now = Instant::from_millis(10);
+        for e in &s.endpoints {
+            set(e, 0, 0.0, now);
+        }
+        let sched = Scheduler::from_policy("llm-d").unwrap();
+        let mut rng = SmallRng::seed_from_u64(5);
+        // Cold requests (distinct prompts): the no-hit LRU sends three to three endpoints.
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..3 {
+            let req = InferenceRequest::text("m", &format!("{i} {}", "cold ".repeat(300)));
+            let d = sched.schedule(&req, &s.endpoints, 1, now, &mut rng).unwrap();
+            sched.on_routed(&d, &d.endpoints[0]);
+            seen.insert(d.endpoints[0].id().0);
+        }
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        // A repeat of the first prompt is held to the endpoint that has it, even with the
+        // queue there longer (the filter leaves nobody else to score).
+        let req = InferenceRequest::text("m", &format!("0 {}", "cold ".repeat(300)));
+        let d = sched.schedule(&req, &s.endpoints, 3, now, &mut rng).unwrap();
+        let sticky = d.endpoints[0].clone();
+        set(&sticky, 30, 0.0, now);
+        let again = sched.schedule(&req, &s.endpoints, 3, now, &mut rng).unwrap();
+        assert_eq!(again.endpoints.len(), 1, "only the sticky endpoint passes the filter");
+        assert_eq!(again.endpoints[0].id(), sticky.id());
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub struct ScoreInput<'a> {
     pub prefix: Option<&'a PrefixMatch>,
     /// The pod (`namespace/name`) the request's session token names, if it sent a valid one.
     pub session: Option<&'a str>,
+    /// The `no-hit-lru-scorer`'s state and whether the request is cold (no candidate holds any
+    /// of its prefix), when that scorer is configured.
+    pub no_hit: Option<(&'a crate::affinity::NoHitLru, bool)>,
 }
 
 /// A scorer type with its upstream name.
@@ -77,6 +80,9 @@ pub enum Scorer {
     /// work divided by the endpoint's learned service rate ([`crate::wait`]). Only through the
     /// `igw-wait` policy (it needs the scheduler's wait tracker); not an EndpointPickerConfig type.
     ExpectedWait,
+    /// `no-hit-lru-scorer` (llm-d): cold requests spread by least recent use
+    /// ([`crate::affinity::NoHitLru`]); 0.5 everywhere for a request with a hit.
+    NoHitLru,
 }
 
 impl Scorer {
@@ -93,6 +99,7 @@ impl Scorer {
             Scorer::LoadAware { .. } => "load-aware-scorer",
             Scorer::SessionAffinity => "session-affinity-scorer",
             Scorer::ExpectedWait => "expected-wait-scorer",
+            Scorer::NoHitLru => "no-hit-lru-scorer",
         }
     }
 
@@ -102,6 +109,13 @@ impl Scorer {
             Scorer::Queue => min_max(cands, out, |c| f64::from(c.metrics.waiting) + f64::from(c.unseen)),
             Scorer::RunningRequests => min_max(cands, out, |c| f64::from(c.metrics.running)),
             Scorer::ExpectedWait => min_max(cands, out, |c| c.expected_wait),
+            Scorer::NoHitLru => match input.no_hit {
+                Some((lru, cold)) => {
+                    let ids: Vec<igw_core::EndpointId> = cands.iter().map(|c| c.endpoint.id()).collect();
+                    lru.score(&ids, cold, out);
+                }
+                None => out.fill(0.5),
+            },
             Scorer::KvCache => {
                 for (o, c) in out.iter_mut().zip(cands) {
                     *o = 1.0 - c.metrics.kv_usage;
@@ -198,7 +212,7 @@ mod tests {
 
     fn scores(s: Scorer, cands: &[Candidate]) -> Vec<f64> {
         let mut out = vec![0.0; cands.len()];
-        s.score(&ScoreInput { target_model: "m", prefix: None, session: None }, cands, &mut out);
+        s.score(&ScoreInput { target_model: "m", prefix: None, session: None, no_hit: None }, cands, &mut out);
         out
     }
 
@@ -240,7 +254,7 @@ mod tests {
         let m = c[1].endpoint.meta();
         let who = format!("{}/{}", m.namespace, m.pod);
         let mut out = vec![0.0; 2];
-        let input = ScoreInput { target_model: "m", prefix: None, session: Some(&who) };
+        let input = ScoreInput { target_model: "m", prefix: None, session: Some(&who), no_hit: None };
         Scorer::SessionAffinity.score(&input, &c, &mut out);
         assert_eq!(out, vec![0.0, 1.0]);
         assert_eq!(scores(Scorer::SessionAffinity, &c), vec![0.0, 0.0], "no token, no preference");

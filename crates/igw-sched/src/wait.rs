@@ -184,7 +184,7 @@ mod tests {
         t.estimate(&mut c, Instant::from_millis(1));
         assert_eq!((c[0].expected_wait, c[1].expected_wait), (2_000.0, 50.0));
         let mut scores = vec![0.0; 2];
-        let input = crate::scoring::ScoreInput { target_model: "m", prefix: None, session: None };
+        let input = crate::scoring::ScoreInput { target_model: "m", prefix: None, session: None, no_hit: None };
         crate::scoring::Scorer::ExpectedWait.score(&input, &c, &mut scores);
         assert_eq!(scores, vec![0.0, 1.0], "the queue scorer would tie these two");
         crate::scoring::Scorer::Queue.score(&input, &c, &mut scores);

@@ -82,7 +82,7 @@ pub struct EppArgs {
     pub config_text: Option<String>,
     /// Scheduling policy: igw (default), igw-latency (predicted latency, docs/latency-model.md),
     /// igw-wait, upstream-default, legacy-filter-tree, random, round-robin, least-queue,
-    /// power-of-two, sglang-cache-aware, dynamo-kv.
+    /// power-of-two, sglang-cache-aware, dynamo-kv, llm-d.
     #[arg(long, default_value = "igw")]
     pub policy: String,
     /// Endpoints in the destination header (1 = upstream default; more for override_host).

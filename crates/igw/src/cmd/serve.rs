@@ -71,7 +71,7 @@ pub struct ServeArgs {
     pub refresh_models_interval_ms: u64,
     /// Scheduling policy: igw (default), igw-latency (predicted latency, docs/latency-model.md),
     /// igw-wait, upstream-default, legacy-filter-tree, random, round-robin, least-queue,
-    /// power-of-two, sglang-cache-aware, dynamo-kv.
+    /// power-of-two, sglang-cache-aware, dynamo-kv, llm-d.
     #[arg(long, default_value = "igw")]
     pub policy: String,
     /// Pool name reported in metrics.
