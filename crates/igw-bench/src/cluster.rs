@@ -897,7 +897,7 @@ fn summarize<F: Front>(sim: &Sim<'_, F>, policy: &str, qps: f64, capacity: f64, 
 /// [`Row::cost_per_mtok`]: `priced_tokens` is Σ tokens × price / speed over the completed
 /// requests. A replica of speed 1 serves `capacity / Σ speeds` requests/s of this workload's mean
 /// output length at capacity.
-fn cost_per_mtok(
+pub(crate) fn cost_per_mtok(
     sc: &Scenario,
     capacity: f64,
     speeds: &[f64],

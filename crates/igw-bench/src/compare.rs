@@ -223,6 +223,7 @@ fn scenario(cfg: &CompareConfig) -> Result<Scenario, CompareError> {
     };
     sc.fleet.replicas = cfg.replicas;
     sc.fleet.speed_factors.truncate(cfg.replicas);
+    sc.fleet.costs_per_hour.truncate(cfg.replicas);
     sc.fleet.slow = sc.fleet.slow.map(|mut s| {
         s.count = s.count.min(cfg.replicas / 2);
         s
@@ -322,7 +323,12 @@ pub async fn compare(cfg: &CompareConfig) -> Result<CompareReport, CompareError>
         let addrs = fleet.addrs();
         let result = match kind.start(name, &addrs, &sc, cfg.time_scale, &cfg.tools) {
             Ok(mut running) => {
-                let r = drive(cfg, name, &running.url, &ladder, &sc, &generator).await;
+                let r = drive(cfg, name, &running.url, &ladder, &sc, &generator).await.map(|mut steps| {
+                    for s in &mut steps {
+                        s.cost_per_mtok = step_cost(&sc, capacity, &addrs, s);
+                    }
+                    steps
+                });
                 running.stop();
                 r
             }
@@ -359,6 +365,20 @@ pub async fn compare(cfg: &CompareConfig) -> Result<CompareReport, CompareError>
     })
 }
 
+/// A real-time step's cost per million output tokens at capacity on a priced fleet, by the DES's
+/// definition ([`crate::cluster::cost_per_mtok`]); `addrs[i]` is replica `i` (its speed factor and
+/// price), as the replicas name themselves in `x-igw-sim-replica`.
+fn step_cost(sc: &Scenario, capacity: f64, addrs: &[String], s: &StepReport) -> Option<f64> {
+    let speeds = sc.speed_factors();
+    let (mut tokens, mut priced) = (0u64, 0.0f64);
+    for (replica, t) in &s.tokens_by_replica {
+        let i = addrs.iter().position(|a| a == replica)?;
+        tokens += t;
+        priced += *t as f64 * sc.fleet.costs_per_hour.get(i)? / speeds.get(i)?.max(1e-9);
+    }
+    crate::cluster::cost_per_mtok(sc, capacity, &speeds, s.completed, tokens, priced)
+}
+
 /// Sets the DES's figures beside every row whose contender it models (one DES run per policy
 /// and QPS).
 fn des_beside(rows: &mut [CompareRow], sc: &Scenario, generator: &Generator, capacity: f64) -> Result<(), BenchError> {
@@ -377,6 +397,7 @@ fn des_beside(rows: &mut [CompareRow], sc: &Scenario, generator: &Generator, cap
             p90_tpot_ms: r.p90_tpot_ms,
             p90_e2e_ms: r.p90_e2e_ms,
             output_tokens_per_min: r.output_tokens_per_min,
+            cost_per_mtok: r.cost_per_mtok,
             by_class: if sc.classes.is_empty() {
                 BTreeMap::new()
             } else {
@@ -388,6 +409,7 @@ fn des_beside(rows: &mut [CompareRow], sc: &Scenario, generator: &Generator, cap
                             rejected: c.rejected,
                             timeouts: c.timeouts,
                             p90_e2e_ms: c.p90_e2e_ms,
+                            slo_attainment: c.slo_attainment,
                         };
                         (k.clone(), d)
                     })
@@ -420,7 +442,7 @@ async fn drive(
     let mut steps = Vec::with_capacity(ladder.len());
     let mut id = 0u64;
     // The DES's class of each request, sent as its objective and fairness id.
-    let classes = WireClass::of(sc);
+    let classes = WireClass::of(sc, cfg.time_scale);
     for &qps in ladder {
         let sends: Vec<Send> = crate::cluster::point_arrivals(sc, generator, qps)
             .into_iter()

@@ -61,7 +61,17 @@ static_resources:
 /// TTL, fairness policy and lower-band concurrency limit (as the DES's `igw+flow` policy). The
 /// gateway runs on the wall clock, so the TTL (model time) is multiplied by the fleet's `time_scale`.
 pub fn serve_config(addrs: &[String], policy: &str, flow: bool, sc: &Scenario, time_scale: f64) -> String {
-    let mut s = format!("pools:\n- name: compare\n  endpoints: [{}]\n  policy: {policy}\n", addrs.join(", "));
+    let mut s = if sc.fleet.costs_per_hour.is_empty() {
+        format!("pools:\n- name: compare\n  endpoints: [{}]\n  policy: {policy}\n", addrs.join(", "))
+    } else {
+        // Each replica's price as the label a pod would carry (replica i is addrs[i]).
+        let mut s = String::from("pools:\n- name: compare\n  endpoints:\n");
+        for (a, c) in addrs.iter().zip(&sc.fleet.costs_per_hour) {
+            s.push_str(&format!("  - {{address: '{a}', labels: {{igw.dev/cost-per-hour: '{c}'}}}}\n"));
+        }
+        s.push_str(&format!("  policy: {policy}\n"));
+        s
+    };
     if flow {
         let ttl_ms = (sc.flow.ttl_s.unwrap_or(30.0) * 1000.0 * time_scale).round();
         s.push_str(&format!("  flowControl:\n    defaultRequestTTL: {ttl_ms}ms\n"));
@@ -76,6 +86,18 @@ pub fn serve_config(addrs: &[String], policy: &str, flow: bool, sc: &Scenario, t
         s.push_str("objectives:\n");
         for c in &sc.classes {
             s.push_str(&format!("- name: {:?}\n  priority: {}\n", c.name, c.priority));
+            // SLOs are model time; the gateway measures the wall clock.
+            let wall = |ms: Option<u32>| ms.map(|m| ((f64::from(m) * time_scale).round() as u64).max(1));
+            if let Some(slo) = c.slo {
+                let fields: Vec<String> = [("ttftMs", wall(slo.ttft_ms)), ("tpotMs", wall(slo.tpot_ms))]
+                    .iter()
+                    .filter_map(|(k, v)| v.map(|v| format!("{k}: {v}")))
+                    .collect();
+                s.push_str(&format!("  slo: {{{}}}\n", fields.join(", ")));
+            }
+            if let Some(p) = &c.placement {
+                s.push_str(&format!("  placement: {p}\n"));
+            }
         }
     }
     s
@@ -122,5 +144,16 @@ mod tests {
         assert!(serve_config(&addrs, "igw", true, &sc, 2.0).contains("defaultRequestTTL: 60000ms"));
         let shared = Scenario::builtin("shared-prefix").unwrap();
         assert!(!serve_config(&addrs, "igw", false, &shared, 1.0).contains("objectives"));
+        // A priced fleet's labels and a class's SLO (scaled to the wall clock) and placement.
+        let cost = Scenario::builtin("heterogeneous-cost").unwrap();
+        let eight: Vec<String> = (0..8).map(|i| format!("127.0.0.1:{}", 8001 + i)).collect();
+        let text = serve_config(&eight, "igw-latency", false, &cost, 0.5);
+        assert!(text.contains("  - {address: '127.0.0.1:8002', labels: {igw.dev/cost-per-hour: '1.01'}}\n"), "{text}");
+        assert!(
+            text.contains(
+                "- name: \"batch\"\n  priority: 0\n  slo: {ttftMs: 1500, tpotMs: 25}\n  placement: cheapest\n"
+            ),
+            "{text}"
+        );
     }
 }

@@ -41,6 +41,9 @@ pub struct DesPoint {
     /// Per class (scenarios with classes): rejected requests and p90 e2e.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub by_class: BTreeMap<String, DesClass>,
+    /// Cost per million output tokens at capacity, for a priced fleet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_per_mtok: Option<f64>,
 }
 
 /// The DES's figures for one class at one point.
@@ -54,6 +57,9 @@ pub struct DesClass {
     pub timeouts: u64,
     /// p90 e2e of completed requests, ms.
     pub p90_e2e_ms: f64,
+    /// Fraction of its requests that met its SLO, when it states one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo_attainment: Option<f64>,
 }
 
 /// A contender that did not run, and why.
@@ -189,10 +195,27 @@ pub fn markdown(r: &CompareReport) -> String {
         );
         s.push_str(&format!("| {} | {} | {des} |\n", row.contender, t.cells()));
     }
+    if r.rows.iter().any(|row| row.step.cost_per_mtok.is_some()) {
+        s.push_str("\nCost per million output tokens at capacity (replica price over its capacity):\n\n");
+        s.push_str("| contender | QPS | real time | DES |\n|---|---|---|---|\n");
+        let mut rows: Vec<&CompareRow> = r.rows.iter().collect();
+        rows.sort_by(|a, b| a.step.qps.total_cmp(&b.step.qps));
+        let cell = |c: Option<f64>| c.map_or_else(|| "–".to_string(), |c| format!("{c:.3}"));
+        for row in rows {
+            let des = row.des.as_ref().and_then(|d| d.cost_per_mtok);
+            s.push_str(&format!(
+                "| {} | {:.1} | {} | {} |\n",
+                row.contender,
+                row.step.qps,
+                cell(row.step.cost_per_mtok),
+                cell(des)
+            ));
+        }
+    }
     if r.rows.iter().any(|row| !row.step.by_class.is_empty()) {
         s.push_str("\nPer traffic class (objective and fairness id sent as headers; peers ignore them):\n\n");
-        s.push_str("| contender | QPS | class | attempted | completed | rejected | failed | timeouts | p90 TTFT ms | p90 e2e ms | token share | DES completed / rejected / p90 e2e ms |\n");
-        s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        s.push_str("| contender | QPS | class | attempted | completed | rejected | failed | timeouts | p90 TTFT ms | p90 e2e ms | token share | SLO met (real / DES) | DES completed / rejected / p90 e2e ms |\n");
+        s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         let mut rows: Vec<&CompareRow> = r.rows.iter().collect();
         rows.sort_by(|a, b| a.step.qps.total_cmp(&b.step.qps));
         for row in rows {
@@ -201,8 +224,14 @@ pub fn markdown(r: &CompareReport) -> String {
                     || "–".to_string(),
                     |d| format!("{} / {} / {:.0}", d.completed, d.rejected + d.timeouts, d.p90_e2e_ms),
                 );
+                let pct = |a: Option<f64>| a.map_or_else(|| "–".to_string(), |a| format!("{:.1}%", a * 100.0));
+                let slo = format!(
+                    "{} / {}",
+                    pct(c.slo_attainment),
+                    pct(row.des.as_ref().and_then(|d| d.by_class.get(name)).and_then(|d| d.slo_attainment))
+                );
                 s.push_str(&format!(
-                    "| {} | {:.1} | {name} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.3} | {des} |\n",
+                    "| {} | {:.1} | {name} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.3} | {slo} | {des} |\n",
                     row.contender,
                     row.step.qps,
                     c.attempted,
@@ -254,6 +283,7 @@ mod tests {
                 p90_e2e_ms: des,
                 output_tokens_per_min: 0.0,
                 by_class: BTreeMap::new(),
+                cost_per_mtok: None,
             }),
         }
     }

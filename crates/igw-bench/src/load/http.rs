@@ -62,6 +62,14 @@ pub struct StepReport {
     /// Per traffic class, when the requests carried one (scenarios with `classes`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub by_class: BTreeMap<String, ClassStep>,
+    /// Completed output tokens by the replica that served them (`x-igw-sim-replica`, which
+    /// simulated replicas send); empty when no response named one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tokens_by_replica: BTreeMap<String, u64>,
+    /// The price of a million output tokens at capacity, for a priced fleet (the DES's
+    /// [`crate::report::Row::cost_per_mtok`], from `tokens_by_replica`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_per_mtok: Option<f64>,
 }
 
 /// One traffic class's results in a step.
@@ -83,26 +91,36 @@ pub struct ClassStep {
     pub p90_e2e_ms: f64,
     /// This class's fraction of the step's completed output tokens.
     pub share: f64,
+    /// Fraction of the class's requests sent that met its SLO (TTFT, and time per output token
+    /// after the first), a request that did not complete counting as a miss; `None` when the
+    /// class states none. The DES's [`crate::report::ClassRow::slo_attainment`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo_attainment: Option<f64>,
 }
 
 /// A traffic class on the wire: the InferenceObjective a request names and its fairness id.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WireClass {
     /// Class name, sent as `x-gateway-inference-objective` (the objective of that name).
     pub name: String,
     /// Sent as `x-gateway-inference-fairness-id`.
     pub fairness_id: String,
+    /// The class's SLO on the wall clock, seconds: (TTFT, time per output token).
+    pub slo_s: Option<(Option<f64>, Option<f64>)>,
 }
 
 impl WireClass {
-    /// The wire form of a scenario's classes; none when the scenario declares no classes.
-    pub fn of(sc: &Scenario) -> Vec<Arc<WireClass>> {
+    /// The wire form of a scenario's classes, for a fleet whose wall clock runs at
+    /// `time_scale` × model time; none when the scenario declares no classes.
+    pub fn of(sc: &Scenario, time_scale: f64) -> Vec<Arc<WireClass>> {
+        let wall = |ms: Option<u32>| ms.map(|m| f64::from(m) / 1000.0 * time_scale);
         sc.classes
             .iter()
             .map(|c| {
                 Arc::new(WireClass {
                     name: c.name.clone(),
                     fairness_id: c.fairness_id.clone().unwrap_or_else(|| c.name.clone()),
+                    slo_s: c.slo.map(|s| (wall(s.ttft_ms), wall(s.tpot_ms))),
                 })
             })
             .collect()
@@ -209,7 +227,7 @@ pub struct Send {
 
 /// How one request ended.
 enum Ended {
-    Completed { ttft: f64, itls: Vec<f64>, e2e: f64, tokens: u64 },
+    Completed { ttft: f64, itls: Vec<f64>, e2e: f64, tokens: u64, replica: Option<String> },
     Rejected,
     Failed,
     TimedOut,
@@ -338,6 +356,8 @@ async fn one(
         if !(200..300).contains(&status) {
             return Ended::Failed;
         }
+        let replica =
+            resp.headers().get(igw_sim::server::REPLICA_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
         let mut body = resp.into_body();
         let mut sse = SseTimer::default();
         while let Some(frame) = body.frame().await {
@@ -353,6 +373,7 @@ async fn one(
                 itls: sse.itls,
                 e2e: t0.elapsed().as_secs_f64(),
                 tokens: sse.usage_tokens.unwrap_or(sse.events),
+                replica,
             },
             None => Ended::Failed,
         }
@@ -379,14 +400,25 @@ struct Tally {
     tpot: Vec<f64>,
     itl: Vec<f64>,
     tokens: u64,
+    slo_met: u64,
+    by_replica: BTreeMap<String, u64>,
 }
 
 impl Tally {
     /// Counts `o`; the inter-token gaps are kept only with `itls` (the step's, not each class's).
-    fn add(&mut self, o: &Ended, itls: bool) {
+    fn add(&mut self, o: &Ended, itls: bool, slo: Option<(Option<f64>, Option<f64>)>) {
         self.attempted += 1;
         match o {
-            Ended::Completed { ttft, itls: gaps, e2e, tokens } => {
+            Ended::Completed { ttft, itls: gaps, e2e, tokens, replica } => {
+                if let Some((ttft_slo, tpot_slo)) = slo {
+                    let tpot = (*tokens > 1).then(|| (e2e - ttft) / (*tokens - 1) as f64);
+                    let met =
+                        ttft_slo.is_none_or(|s| *ttft <= s) && tpot_slo.is_none_or(|s| tpot.is_none_or(|t| t <= s));
+                    self.slo_met += u64::from(met);
+                }
+                if let Some(r) = replica {
+                    *self.by_replica.entry(r.clone()).or_default() += tokens;
+                }
                 self.completed += 1;
                 self.ttft.push(*ttft);
                 self.e2e.push(*e2e);
@@ -406,10 +438,12 @@ impl Tally {
 fn summarize(qps: f64, duration_s: f64, outcomes: Vec<(Option<Arc<WireClass>>, Ended)>) -> StepReport {
     let mut all = Tally::default();
     let mut classes: BTreeMap<String, Tally> = BTreeMap::new();
+    let mut slos: BTreeMap<String, bool> = BTreeMap::new();
     for (class, o) in &outcomes {
-        all.add(o, true);
+        all.add(o, true, None);
         if let Some(c) = class {
-            classes.entry(c.name.clone()).or_default().add(o, false);
+            classes.entry(c.name.clone()).or_default().add(o, false, c.slo_s);
+            slos.insert(c.name.clone(), c.slo_s.is_some());
         }
     }
     let by_class = classes
@@ -424,6 +458,11 @@ fn summarize(qps: f64, duration_s: f64, outcomes: Vec<(Option<Arc<WireClass>>, E
                 p90_ttft_ms: pct(&mut c.ttft, 0.9),
                 p90_e2e_ms: pct(&mut c.e2e, 0.9),
                 share: if all.tokens == 0 { 0.0 } else { c.tokens as f64 / all.tokens as f64 },
+                slo_attainment: slos
+                    .get(&name)
+                    .copied()
+                    .unwrap_or(false)
+                    .then(|| c.slo_met as f64 / c.attempted.max(1) as f64),
             };
             (name, step)
         })
@@ -446,6 +485,8 @@ fn summarize(qps: f64, duration_s: f64, outcomes: Vec<(Option<Arc<WireClass>>, E
         p90_e2e_ms: pct(&mut all.e2e, 0.9),
         output_tokens_per_min: 60.0 * all.tokens as f64 / duration_s.max(1e-9),
         by_class,
+        tokens_by_replica: all.by_replica,
+        cost_per_mtok: None,
     }
 }
 
@@ -456,14 +497,14 @@ mod tests {
 
     #[test]
     fn classes_are_drawn_by_fraction_and_summarized_apart() {
-        let class = |n: &str| Arc::new(WireClass { name: n.into(), fairness_id: format!("{n}-flow") });
+        let class = |n: &str| Arc::new(WireClass { name: n.into(), fairness_id: format!("{n}-flow"), slo_s: None });
         let classes = [class("critical"), class("sheddable")];
         let fr = [0.3, 0.7];
         assert_eq!(pick_class(&classes, &fr, 0.1).unwrap().name, "critical");
         assert_eq!(pick_class(&classes, &fr, 0.31).unwrap().name, "sheddable");
         assert_eq!(pick_class(&classes, &fr, 0.999_999).unwrap().name, "sheddable");
         assert!(pick_class(&[], &[], 0.5).is_none());
-        let done = |e: f64, n: u64| Ended::Completed { ttft: 0.01, itls: vec![], e2e: e, tokens: n };
+        let done = |e: f64, n: u64| Ended::Completed { ttft: 0.01, itls: vec![], e2e: e, tokens: n, replica: None };
         let r = summarize(
             2.0,
             1.0,

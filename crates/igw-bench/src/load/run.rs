@@ -61,7 +61,7 @@ pub async fn run(cfg: &RunConfig) -> Result<RunReport, BenchError> {
     });
     // Each request belongs to one of the scenario's classes, drawn by its fraction of the load
     // (its own random stream, so the lengths are those of a run without classes).
-    let classes = WireClass::of(&scenario);
+    let classes = WireClass::of(&scenario, 1.0);
     let fractions: Vec<f64> = scenario.classes.iter().map(|c| c.fraction).collect();
     let mut crng = SmallRng::seed_from_u64(cfg.seed ^ 0x0c1a_55e5);
     let target = Target::new(&cfg.url, &cfg.model, cfg.timeout);
