@@ -320,6 +320,12 @@ fn duration(s: &str, what: &str) -> Result<Duration, ConfigError> {
 
 fn build(p: &Spanned<PluginSpec>, name: &str) -> Result<Built, ConfigError> {
     let kind = p.value.kind.as_str();
+    let bad = |reason: String| ConfigError::Parameters {
+        name: name.into(),
+        kind: kind.into(),
+        line: p.defined.line(),
+        reason,
+    };
     Ok(match kind {
         "queue-scorer" => Built::Scorer(Scorer::Queue, None),
         "kv-cache-utilization-scorer" => Built::Scorer(Scorer::KvCache, None),
@@ -362,12 +368,6 @@ fn build(p: &Spanned<PluginSpec>, name: &str) -> Result<Built, ConfigError> {
         "latency-scorer" => Built::Latency(None),
         "predicted-latency-producer" => {
             let q: LatencyParams = params(p, name)?;
-            let bad = |reason: String| ConfigError::Parameters {
-                name: name.into(),
-                kind: kind.into(),
-                line: p.defined.line(),
-                reason,
-            };
             let mut c = crate::latency::LatencyConfig::default();
             if let Some(f) = q.forgetting {
                 if !(f > 0.5 && f <= 1.0) {
@@ -404,12 +404,6 @@ fn build(p: &Spanned<PluginSpec>, name: &str) -> Result<Built, ConfigError> {
         }
         "prefix-cache-affinity-filter" => {
             let q: AffinityFilterParams = params(p, name)?;
-            let bad = |reason: String| ConfigError::Parameters {
-                name: name.into(),
-                kind: kind.into(),
-                line: p.defined.line(),
-                reason,
-            };
             match q.ttft_source.as_deref() {
                 None | Some("prefillThroughput") => {}
                 Some("latencyPredictor") => {
